@@ -1,0 +1,127 @@
+"""Checkpoints: one safetensors file, θ as tensors, the resolved config and progress as metadata.
+
+Tensors: the scheme's parameters (``theta.log_lambda``, ``theta.log_Lambda``, …) and, for resuming,
+Adam's moments under ``optimizer.``. Metadata (str → str): ``format``, ``format_version``,
+``retune_version``, ``config`` (YAML), ``K``, ``T``, ``step``, ``train_psnr``. Files are written
+to a temporary name in the same folder, flushed, then renamed over the target: a crash at any
+moment leaves either the old or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import Config, from_yaml
+from .errors import InputError
+
+FORMAT = "retune-checkpoint"
+FORMAT_VERSION = "1"
+OPTIMIZER_PREFIX = "optimizer."
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: parameters, optimizer moments, config and progress."""
+
+    path: Path
+    config: Config
+    parameters: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    step: int
+    train_psnr: float
+
+
+def save(
+    path: Path,
+    config: Config,
+    parameters: dict[str, torch.Tensor],
+    step: int,
+    train_psnr: float,
+    optimizer: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in parameters.items()}
+    tensors.update({OPTIMIZER_PREFIX + k: v.detach().cpu().contiguous() for k, v in (optimizer or {}).items()})
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "retune_version": __version__,
+        "config": config.to_yaml(),
+        "K": str(config.train.K),
+        "T": str(config.train.T),
+        "step": str(step),
+        "train_psnr": f"{train_psnr:.6f}",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: Path | str) -> Checkpoint:
+    """Read and check a checkpoint; :class:`InputError` says what is wrong with a bad one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; give a theta.safetensors written by retune train")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise InputError(f"{path} is a safetensors file but not a retune checkpoint (no retune metadata)")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path} has checkpoint format {metadata.get('format_version')}; this retune reads {FORMAT_VERSION}")
+    config = from_yaml(metadata["config"], str(path))
+    try:
+        step, psnr = int(metadata["step"]), float(metadata["train_psnr"])
+    except (KeyError, ValueError):
+        raise InputError(f"{path}: its step or train_psnr metadata is missing or malformed") from None
+    parameters = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    optimizer = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    return Checkpoint(path, config, parameters, optimizer, step, psnr)
+
+
+PARAMETER_PREFIX = "theta."
+
+
+def learned_parameters(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint stores: ``theta.<name>`` for each learned tensor of ``scheme.theta``."""
+    return {PARAMETER_PREFIX + k: v for k, v in scheme.theta.state_dict().items()}
+
+
+def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's tensors into ``scheme.theta``, refusing any mismatch with its config."""
+    expected = {k: v.shape for k, v in learned_parameters(scheme).items()}
+    found = {k: v.shape for k, v in checkpoint.parameters.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        detail = f"missing {missing}" if missing else f"unexpected {extra}" if extra else f"wrong shape for {shapes}"
+        raise InputError(f"{checkpoint.path}: its tensors do not match its config ({detail})")
+    bad = [k for k, v in checkpoint.parameters.items() if not torch.all(torch.isfinite(v))]
+    if bad:
+        raise InputError(f"{checkpoint.path}: tensor {bad[0]} has non-finite values")
+    scheme.theta.load_state_dict({k[len(PARAMETER_PREFIX) :]: v for k, v in checkpoint.parameters.items()})

@@ -1,0 +1,293 @@
+"""The ``retune`` command line: parse options, call a workflow, render its results with Rich.
+
+Heavy modules (torch, deepinv, the workflows) are imported inside the commands so that
+``retune --help`` answers at once. Exit codes: 0 success, 1 training diverged, 2 bad input or
+usage (one line, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(
+    name="retune",
+    help="Learn the hyperparameters of image-restoration algorithms at equilibrium (ReTune: restarted "
+    "truncated unrolling). Train on a folder of clean images, restore degraded images, tabulate PSNR.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"retune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Learn restoration hyperparameters at equilibrium."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and an exit code."""
+    from .errors import InputError
+
+    try:
+        yield
+    except InputError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[callable]:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step; a second Ctrl-C stops at once."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        err_console.print("[yellow]stopping after this step (Ctrl-C again to stop now)…[/]")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _device(name: str):
+    from .models import resolve_device
+
+    return resolve_device(name)
+
+
+PRESET_HELP = "Built-in preset (denoise-wavelet-b, denoise-wavelet-bc) or a YAML file of the same shape."
+DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
+
+
+@app.command(
+    epilog="Examples:  retune train --preset denoise-wavelet-bc --data ~/CBSD68 --out runs/bc   ·   "
+    "retune train --K 10 --T 1 --steps 300 --set model.init_lambda=0.1   ·   "
+    "retune train --resume runs/bc/theta.safetensors --steps 400"
+)
+def train(
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "denoise-wavelet-b",
+    data: Annotated[
+        Optional[Path], typer.Option(help="Folder of clean training images (default: the built-in samples).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<preset>).")] = None,
+    K: Annotated[Optional[int], typer.Option("--K", help="Steps per unrolled block Φ_K (backpropagated).")] = None,
+    T: Annotated[Optional[int], typer.Option("--T", help="Restarts of Φ_K; only the last is backpropagated.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Adam steps (ignored when --epochs is given).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the images, in batches.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Crops per step.")] = None,
+    crop: Annotated[Optional[int], typer.Option(help="Side of the random square crops (paper: 256).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (paper: 5e-2).")] = None,
+    gradient: Annotated[
+        Optional[str], typer.Option(help="retune (backprop through the last Φ_K) or unrolled (through all K·T steps).")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of crops, order and noise.")] = None,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue a run from its checkpoint (θ, Adam state, step).")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+) -> None:
+    """Learn θ on clean images: degrade, restore with T restarts of Φ_K, backpropagate, Adam.
+
+    Writes theta.safetensors, config.yaml, log.csv and psnr.png into the run folder.
+    """
+    with _user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from . import checkpoint as ckpt
+        from .config import for_resume, parse_set, resolve
+        from .train import TrainingDiverged
+        from .train import train as run_training
+
+        flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
+        flags |= {"lr": lr, "gradient": gradient, "seed": seed}
+        overrides = {f"train.{k}": v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
+        if resume is not None:
+            checkpoint = ckpt.load(resume)
+            config = for_resume(checkpoint.config, overrides, str(resume))
+            out = out or resume.parent
+        else:
+            checkpoint = None
+            config = resolve(preset, overrides)
+            out = out or Path("runs") / config.preset
+        dev = _device(device)
+        console.print(
+            f"[bold]{config.preset}[/] · K={config.train.K} T={config.train.T} gradient={config.train.gradient} "
+            f"· {'built-in samples' if data is None else data} · {dev} → {out}",
+            highlight=False,
+        )
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.5f} · PSNR {task.fields[psnr]:.2f} dB · τ {task.fields[tau]:.3g}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress, _graceful_stop() as should_stop:
+            task = progress.add_task("training", total=None, loss=float("nan"), psnr=float("nan"), tau=float("nan"))
+            try:
+                result = run_training(
+                    config,
+                    out,
+                    data=data,
+                    device=dev,
+                    resume=checkpoint,
+                    force=force,
+                    on_start=lambda start, total: progress.update(task, completed=start, total=total),
+                    on_step=lambda r: progress.update(task, completed=r.step, loss=r.loss, psnr=r.psnr, tau=r.tau),
+                    should_stop=should_stop,
+                )
+            except TrainingDiverged as e:
+                err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
+                raise typer.Exit(1) from None
+        if result.skipped:
+            err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in result.skipped)}")
+        console.print(
+            f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
+            f"(also config.yaml, log.csv, psnr.png)",
+            highlight=False,
+        )
+
+
+@app.command(
+    epilog="Examples:  retune restore runs/dn-b/theta.safetensors noisy.png -o clean.png   ·   "
+    "retune restore runs/dn-b/theta.safetensors photo.png --simulate --seed 3 -o out.png --save-observation obs.png"
+    "   ·   retune restore CKPT noisy.png -o clean.npy --tol 1e-6"
+)
+def restore(
+    checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train.")],
+    image: Annotated[Path, typer.Argument(help="Degraded image (or a clean one with --simulate).")],
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C).")
+    ] = None,
+    T: Annotated[Optional[int], typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")] = None,
+    tol: Annotated[
+        Optional[float], typer.Option(help="Restart until ‖x_Kt − x_K(t−1)‖/‖x_Kt‖ ≤ tol (at most --T or 1000 restarts).")
+    ] = None,
+    simulate: Annotated[bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")] = False,
+    seed: Annotated[int, typer.Option(help="Noise seed for --simulate.")] = 0,
+    save_observation: Annotated[
+        Optional[Path], typer.Option(help="Also write the degraded image (same suffix rules).")
+    ] = None,
+    bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
+) -> None:
+    """Restore one image with a checkpoint's model and physics, and report the residual reached."""
+    with _user_errors():
+        from .errors import InputError
+        from .images import WRITE_SUFFIXES, write_image
+        from .restore import load_model, restore_file
+
+        output = output or image.with_name(f"{image.stem}.restored.png")
+        for path, flag in ((output, "--output"), (save_observation, "--save-observation")):
+            if path is not None and path.suffix.lower() not in WRITE_SUFFIXES:
+                raise InputError(f"{flag} {path}: use a .png, .tif, .tiff or .npy file name")
+        if bits not in (8, 16):
+            raise InputError(f"--bits must be 8 or 16, not {bits}")
+        if (T is not None and T < 1) or (tol is not None and not tol >= 0):
+            raise InputError("--T must be at least 1 and --tol non-negative")
+        model = load_model(checkpoint, _device(device))
+        result = restore_file(model, image, seed if simulate else None, T, tol)
+        write_image(output, result.restored, bits)
+        if save_observation is not None:
+            write_image(save_observation, result.observation, bits)
+        line = f"{result.restarts} restarts of Φ_{model.config.train.K}, residual {result.residual:.2e} → {output}"
+        if result.psnr is not None:
+            line += f"\nPSNR {result.psnr:.2f} dB (observation {result.psnr_observation:.2f} dB)"
+        console.print(line, highlight=False)
+
+
+@app.command(
+    "eval",
+    epilog="Examples:  retune eval runs/*/theta.safetensors --data ~/Kodak24 --json results.json   ·   "
+    "retune eval runs/dn-b/theta.safetensors --T 50 --csv table.csv",
+)
+def eval_(
+    checkpoints: Annotated[list[Path], typer.Argument(help="One or more theta.safetensors files.")],
+    data: Annotated[Optional[Path], typer.Option(help="Folder of clean images (default: the built-in samples).")] = None,
+    T: Annotated[Optional[int], typer.Option("--T", help="Restarts (default: each checkpoint's T).")] = None,
+    seed: Annotated[int, typer.Option(help="Noise seed: same seed, same observations.")] = 0,
+    json_: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON (schema in the README).")] = None,
+    csv_: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV.")] = None,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
+) -> None:
+    """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM."""
+    with _user_errors():
+        from rich.progress import Progress
+
+        from .errors import InputError
+        from .evaluate import evaluate
+
+        if T is not None and T < 1:
+            raise InputError("--T must be at least 1")
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("evaluating", total=None)
+            result = evaluate(
+                checkpoints,
+                data,
+                T,
+                seed,
+                _device(device),
+                on_image=lambda i, n, name: progress.update(task, completed=i, total=n, description=name),
+            )
+        console.print(_eval_table(result))
+        if json_:
+            result.write_json(json_)
+        if csv_:
+            result.write_csv(csv_)
+
+
+def _eval_table(result) -> Table:
+    table = Table(title="PSNR (dB) / SSIM", show_footer=False)
+    table.add_column("image")
+    for column in result.columns:
+        table.add_column(column, justify="right")
+    cells = lambda values: [f"{values['psnr'][c]:.2f} / {values['ssim'][c]:.3f}" for c in result.columns]  # noqa: E731
+    for row in result.rows:
+        table.add_row(row["image"], *cells(row))
+    table.add_section()
+    table.add_row("[bold]mean[/]", *[f"[bold]{c}[/]" for c in cells(result.mean())])
+    return table
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,231 @@
+"""Presets and ``--set key=value`` overrides → a typed, validated :class:`Config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .core.hypergrad import GRADIENTS
+from .core.physics import PHYSICS
+from .core.priors import WEIGHTS
+from .core.schemes import STEP_RULES
+from .errors import InputError
+
+MODELS = ("wavelet",)
+
+
+@dataclass
+class PhysicsConfig:
+    name: str = "denoise"
+    sigma: list[float] = field(default_factory=lambda: [0.10, 0.25, 0.50])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "wavelet"
+    wavelet: str = "db4"
+    levels: int = 4
+    weights: str = "bands"
+    init_lambda: float = 0.05
+    step_rule: str = "optimal"
+
+
+@dataclass
+class TrainConfig:
+    K: int = 10
+    T: int = 10
+    gradient: str = "retune"
+    steps: int = 100
+    epochs: typing.Optional[int] = None  # noqa: UP045 - the type is read at run time
+    batch_size: int = 4
+    crop: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 25
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    description: str = ""
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+SECTIONS = {"physics": PhysicsConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("retune_cli") / "presets"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def _coerce(value, kind, key: str):
+    """``value`` as the dataclass field type ``kind``, or an :class:`InputError` naming ``key``."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(v, typing.get_args(kind)[0], key) for v in items]
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{key} must be a finite number, not {value}")
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise InputError(f"{key} must be {'an integer' if kind is int else 'a ' + kind.__name__}, not {value!r}")
+
+
+def _build(data: dict, source: str) -> Config:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: a config is a YAML mapping with sections physics, model, train")
+    unknown = set(data) - {"preset", "description", *SECTIONS}
+    if unknown:
+        raise InputError(f"{source}: unknown key {sorted(unknown)[0]!r}; known: preset, description, {', '.join(SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = data.get(name) or {}
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: section {name!r} must be a mapping")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise InputError(f"{source}: unknown key {name}.{key}; known: {', '.join(fields)}")
+        hints = typing.get_type_hints(cls)
+        sections[name] = cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
+    config = Config(str(data.get("preset", "custom")), str(data.get("description", "")), **sections)
+    validate(config)
+    return config
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    _check(value in choices, f"{key} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Range and choice checks; raises :class:`InputError` naming the key."""
+    p, m, t = config.physics, config.model, config.train
+    _choice(p.name, PHYSICS, "physics.name")
+    _check(len(p.sigma) > 0 and all(s >= 0 for s in p.sigma), "physics.sigma must be non-negative numbers")
+    _choice(m.name, MODELS, "model.name")
+    _choice(m.weights, WEIGHTS, "model.weights")
+    _choice(m.step_rule, STEP_RULES, "model.step_rule")
+    _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
+    _check(m.init_lambda > 0, "model.init_lambda must be positive")
+    _choice(t.gradient, GRADIENTS, "train.gradient")
+    for key in ("K", "T", "steps", "batch_size", "checkpoint_every"):
+        _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
+    _check(t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1")
+    _check(t.crop >= 2**m.levels, f"train.crop must be at least 2**model.levels = {2**m.levels}")
+    _check(t.lr > 0, "train.lr must be positive")
+    try:
+        import pywt
+
+        _check(pywt.Wavelet(m.wavelet).orthogonal, f"model.wavelet {m.wavelet!r} is not orthogonal; use db4, sym8, haar…")
+    except ValueError:
+        raise InputError(f"model.wavelet {m.wavelet!r} is not a PyWavelets wavelet; use db4, sym8, haar…") from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def load_preset(name: str) -> dict:
+    """The raw mapping of a built-in preset NAME or of a YAML file."""
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise InputError(f"preset file {name} does not exist")
+        return read_yaml(path)
+    if name not in preset_names():
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())} or give a YAML file")
+    return read_yaml(preset_dir() / f"{name}.yaml")
+
+
+def parse_set(items: list[str]) -> dict[str, object]:
+    """``["train.K=5", "physics.sigma=[0.1,0.2,0.3]"]`` → ``{"train.K": 5, …}`` (values read as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: write --set section.key=value, e.g. --set train.K=5")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise InputError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
+    """Set dotted keys ``section.key`` in a raw config mapping (a copy)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            if section not in ("preset", "description"):
+                raise InputError(f"--set {key}: use section.key, with section one of {', '.join(SECTIONS)}")
+            data[section] = value
+            continue
+        if section not in SECTIONS:
+            raise InputError(f"--set {key}: unknown section {section!r}; use one of {', '.join(SECTIONS)}")
+        data.setdefault(section, {})[name] = value
+    return data
+
+
+def resolve(preset: str, overrides: dict[str, object] | None = None) -> Config:
+    """Preset (name or file) + overrides → validated config."""
+    data = load_preset(preset)
+    data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+    return _build(apply_overrides(data, overrides or {}), preset)
+
+
+def from_yaml(text: str, source: str) -> Config:
+    """A config saved with :meth:`Config.to_yaml`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InputError(f"{source}: its stored config is not valid YAML") from None
+    return _build(data, source)
+
+
+RESUMABLE = ("train.steps", "train.epochs")
+
+
+def for_resume(config: Config, overrides: dict[str, object], source: str) -> Config:
+    """A checkpoint's config with only the length of training changed (``--steps``/``--epochs``)."""
+    changed = sorted(k for k in overrides if k not in RESUMABLE)
+    if changed:
+        raise InputError(f"--resume continues a run as configured; only --steps/--epochs may change, not {changed[0]}")
+    return _build(apply_overrides(dataclasses.asdict(config), overrides), source)

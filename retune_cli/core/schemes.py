@@ -1,0 +1,141 @@
+"""Elementary steps φ(·, θ) of the inner solvers (paper §4.1, DESIGN.md §2.1).
+
+A scheme is an ``nn.Module`` whose parameters are θ, with four methods used by
+:mod:`retune_cli.core.hypergrad`:
+
+* ``prepare(y)``: everything that depends on θ and y but not on the iterate (step size, …);
+* ``init(ctx)``: the starting point ``u_0``;
+* ``step(u, ctx)``: one elementary step ``u ↦ φ(u, θ)``;
+* ``output(u, ctx)``: the image an iterate stands for.
+
+Wavelet forward-backward on the coefficients ``u = θ D x`` (paper eq. 51):
+``u⁺ = prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ D Aᵀ(A Dᵀ θ⁻¹ u − y))``, ``x = Dᵀ θ⁻¹ u``, ``u_0 = θ D Aᵀ y``.
+
+The approximation band is not penalized, so its scale in ``u`` is free: it is set to ``max θ`` so
+that the approximation band's curvature lies within ``[μ, L]`` and never limits the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .physics import is_identity, operator_norm_bounds
+from .priors import WaveletWeights, group_soft_threshold
+from .wavelets import Coefficients, WaveletTransform
+
+STEP_RULES = ("optimal", "safe")
+
+
+def tau_from_rule(lipschitz: torch.Tensor, strong_convexity: torch.Tensor, rule: str) -> torch.Tensor:
+    """``τ* = 2/(μ + L)`` (``"optimal"``, needs μ > 0) or ``τ = 1.95/L`` (``"safe"``)."""
+    if rule == "optimal":
+        if not strong_convexity > 0:
+            raise ValueError("the optimal step needs μ > 0 (A injective); use step_rule=safe")
+        return 2 / (strong_convexity + lipschitz)
+    if rule == "safe":
+        return 1.95 / lipschitz
+    raise ValueError(f"step_rule must be one of {STEP_RULES}, not {rule!r}")
+
+
+def contraction_factor(tau: torch.Tensor, lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
+    """``ω(τ) = max(|1 − τμ|, |1 − τL|)``: the Lipschitz constant of one forward-backward step."""
+    return torch.maximum((1 - tau * strong_convexity).abs(), (1 - tau * lipschitz).abs())
+
+
+def pad_to_multiple(y: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad (replicate when too small) the bottom/right of ``y`` to multiples of ``multiple``."""
+    h, w = y.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return y
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(y, (0, pw, 0, ph), mode=mode)
+
+
+@dataclass
+class WaveletContext:
+    """θ-dependent quantities shared by every step of one solve."""
+
+    b: Coefficients  # D Aᵀ y
+    theta: list[torch.Tensor]  # θ per detail level
+    approx_scale: torch.Tensor  # θ on the approximation band
+    tau: torch.Tensor
+    lipschitz: torch.Tensor
+    strong_convexity: torch.Tensor
+    size: tuple[int, int]  # (H, W) of y before padding
+
+
+class WaveletFB(nn.Module):
+    """Forward-backward on weighted wavelet coefficients, for ``½‖Ax − y‖² + ‖θ D x‖_{1,2}``."""
+
+    def __init__(self, physics, transform: WaveletTransform, weights: WaveletWeights, step_rule: str = "optimal"):
+        super().__init__()
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"step_rule must be one of {STEP_RULES}, not {step_rule!r}")
+        self.physics = physics
+        self.transform = transform
+        self.theta = weights
+        self.step_rule = step_rule
+        self._identity = is_identity(physics)
+
+    def _weights_and_step(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(θ per level, max θ, τ, L, μ)`` with ``L = ‖A‖²/min θ²`` and ``μ = σ_min(A)²/max θ²``."""
+        theta = self.theta.diagonal()
+        flat = torch.cat([t.flatten() for t in theta])
+        lo, hi = flat.min(), flat.max()
+        norm, sigma_min = operator_norm_bounds(self.physics)
+        lipschitz = norm**2 / lo**2
+        strong_convexity = sigma_min**2 / hi**2
+        return theta, hi, tau_from_rule(lipschitz, strong_convexity, self.step_rule), lipschitz, strong_convexity
+
+    def step_size(self) -> torch.Tensor:
+        """The step τ(θ) of the current weights."""
+        return self._weights_and_step()[2]
+
+    def prepare(self, y: torch.Tensor) -> WaveletContext:
+        size = tuple(y.shape[-2:])
+        y = pad_to_multiple(y, self.transform.multiple)
+        b = self.transform.analysis(self.physics.A_adjoint(y))
+        theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step()
+        return WaveletContext(b, theta, hi, tau, lipschitz, strong_convexity, size)
+
+    def init(self, ctx: WaveletContext) -> Coefficients:
+        return Coefficients(ctx.approx_scale * ctx.b.approx, tuple(t * d for t, d in zip(ctx.theta, ctx.b.details)))
+
+    @staticmethod
+    def _unweight(u: Coefficients, ctx: WaveletContext) -> Coefficients:
+        """``θ⁻¹ u``: back from weighted coefficients to wavelet coefficients ``w = D x``."""
+        return Coefficients(u.approx / ctx.approx_scale, tuple(d / t for t, d in zip(ctx.theta, u.details)))
+
+    def _normal(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
+        """``D Aᵀ A Dᵀ θ⁻¹ u`` (``θ⁻¹ u`` when ``A = I``)."""
+        scaled = self._unweight(u, ctx)
+        if self._identity:
+            return scaled
+        x = self.transform.synthesis(scaled)
+        return self.transform.analysis(self.physics.A_adjoint(self.physics.A(x)))
+
+    def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
+        """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation."""
+        r = self._normal(u, ctx)
+        tau, dims = ctx.tau, self.theta.group_dims
+        approx = u.approx - (tau / ctx.approx_scale) * (r.approx - ctx.b.approx)
+        details = tuple(
+            group_soft_threshold(d - (tau / t) * (rd - bd), tau, dims)
+            for d, t, rd, bd in zip(u.details, ctx.theta, r.details, ctx.b.details)
+        )
+        return Coefficients(approx, details)
+
+    def output(self, u: Coefficients, ctx: WaveletContext) -> torch.Tensor:
+        """``x = Dᵀ θ⁻¹ u``, cropped back to the size of y."""
+        x = self.transform.synthesis(self._unweight(u, ctx))
+        h, w = ctx.size
+        return x[..., :h, :w]
+
+    def contraction(self, ctx: WaveletContext) -> torch.Tensor:
+        """``ω(τ)``, so that ``Φ_K`` is ``ω^K``-Lipschitz."""
+        return contraction_factor(ctx.tau, ctx.lipschitz, ctx.strong_convexity)

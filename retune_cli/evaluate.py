@@ -1,0 +1,102 @@
+"""Evaluation workflow: simulate every clean image once, restore it with each checkpoint, score.
+
+Observations depend only on ``(seed, image name)``, so they are identical across checkpoints and
+across runs. JSON schema (``EvalResult.to_json``)::
+
+    {"checkpoints": [label, …],
+     "rows": [{"image": name, "psnr": {label: x, "observation": x}, "ssim": {…}}, …],
+     "mean": {"psnr": {label: x, "observation": x}, "ssim": {…}}}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .core.physics import simulate
+from .data import ImageFolder, derive_seed
+from .errors import InputError
+from .restore import Model, load_model, run
+
+OBSERVATION = "observation"
+METRICS = ("psnr", "ssim")
+
+
+def checkpoint_labels(paths: list[Path]) -> list[str]:
+    """Each checkpoint's run-folder name, or its file stem (then the full path) when ambiguous."""
+    for label in (lambda p: p.resolve().parent.name, lambda p: p.stem, lambda p: str(p)):
+        labels = [label(p) for p in paths]
+        if len(set(labels)) == len(labels) and OBSERVATION not in labels:
+            return labels
+    raise InputError("the same checkpoint is given twice; give each once")
+
+
+@dataclass
+class EvalResult:
+    labels: list[str]
+    rows: list[dict]
+
+    @property
+    def columns(self) -> list[str]:
+        return [OBSERVATION, *self.labels]
+
+    def mean(self) -> dict[str, dict[str, float]]:
+        return {m: {c: sum(r[m][c] for r in self.rows) / len(self.rows) for c in self.columns} for m in METRICS}
+
+    def to_json(self) -> dict:
+        return {"checkpoints": self.labels, "rows": self.rows, "mean": self.mean()}
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2))
+
+    def write_csv(self, path: Path) -> None:
+        """One row per image and a final ``mean`` row; columns ``<metric>:<label>``."""
+        header = ["image"] + [f"{m}:{c}" for m in METRICS for c in self.columns]
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            mean = self.mean()
+            for name, values in [(r["image"], r) for r in self.rows] + [("mean", mean)]:
+                writer.writerow([name] + [f"{values[m][c]:.4f}" for m in METRICS for c in self.columns])
+
+
+def _same_physics(models: list[Model]) -> None:
+    first = models[0].config.physics
+    for m in models[1:]:
+        if m.config.physics != first:
+            raise InputError(f"{m.checkpoint.path} degrades images differently from {models[0].checkpoint.path}; evaluate them separately")
+
+
+def evaluate(
+    checkpoints: list[Path],
+    data: Path | None = None,
+    T: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    on_image: Callable[[int, int, str], None] | None = None,
+) -> EvalResult:
+    """PSNR/SSIM of every checkpoint (and of the observation) on every image of ``data``."""
+    from deepinv.loss.metric import PSNR, SSIM
+
+    if not checkpoints:
+        raise InputError("give at least one checkpoint")
+    labels = checkpoint_labels(checkpoints)
+    models = [load_model(p, device) for p in checkpoints]
+    _same_physics(models)
+    images = ImageFolder.open(data)
+    scores = {"psnr": PSNR(max_pixel=1.0), "ssim": SSIM()}
+    rows = []
+    for i, path in enumerate(images.files):
+        if on_image:
+            on_image(i, len(images), path.name)
+        clean = images[i].unsqueeze(0).to(device)
+        with torch.no_grad():
+            observed = simulate(models[0].scheme.physics, clean, derive_seed(seed, "eval", path.name))
+        outputs = {OBSERVATION: observed} | {label: run(m, observed, T).x for label, m in zip(labels, models)}
+        rows.append({"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()})
+    return EvalResult(labels, rows)

@@ -1,0 +1,184 @@
+"""Training workflow: learn θ by Adam on ``L = MSE(x_KT(θ), x̄)`` with the chosen hypergradient.
+
+Writes into the run folder: ``theta.safetensors`` (latest checkpoint), ``config.yaml`` (resolved),
+``log.csv`` (one row per step) and ``psnr.png`` (train PSNR curve). Progress is reported through a
+callback; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config
+from .core.hypergrad import solve
+from .core.physics import simulate
+from .data import ImageFolder, derive_seed, steps_per_epoch, training_batch
+from .errors import InputError
+from .models import build_scheme
+from .plots import plot_curves
+
+CHECKPOINT = "theta.safetensors"
+LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds")
+
+
+class TrainingDiverged(Exception):
+    """A non-finite loss, gradient or θ: training stopped, the last finite checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int  # steps done so far (1-based)
+    total: int
+    loss: float
+    psnr: float
+    tau: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    checkpoint: Path
+    steps: int
+    psnr: float
+    skipped: list[Path]
+
+
+def total_steps(config: Config, n_images: int) -> int:
+    """``--epochs`` (over the images, in batches) when given, else ``--steps``."""
+    t = config.train
+    return t.epochs * steps_per_epoch(n_images, t.batch_size) if t.epochs else t.steps
+
+
+def _optimizer_tensors(optimizer: torch.optim.Adam, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    """Adam's moments and step counts as ``<param name>.<state key>`` tensors."""
+    out = {}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            out[f"{names[id(p)]}.{key}"] = torch.as_tensor(value)
+    return out
+
+
+def _load_optimizer(optimizer: torch.optim.Adam, params: dict[str, torch.nn.Parameter], tensors: dict) -> None:
+    for name, p in params.items():
+        state = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == name}
+        if state:
+            state["step"] = state["step"].to("cpu", torch.float32)
+            optimizer.state[p] = state
+
+
+def _read_log(path: Path, until: int) -> list[dict]:
+    """Rows of an existing log up to step ``until`` (a resumed run continues from there)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["step"]) <= until]
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.all(torch.isfinite(x))) for x in tensors if x is not None)
+
+
+def prepare_out_dir(out: Path, force: bool, resuming: bool) -> None:
+    """Refuse to overwrite an existing run unless ``force`` (or resuming into it)."""
+    if (out / CHECKPOINT).exists() and not (force or resuming):
+        raise InputError(f"{out} already holds a run; pass --force to overwrite it or --resume {out / CHECKPOINT}")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    config: Config,
+    out: Path,
+    data: Path | None = None,
+    device: torch.device | str = "cpu",
+    resume: ckpt.Checkpoint | None = None,
+    force: bool = False,
+    on_step: Callable[[StepReport], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train from the initial θ (or from ``resume``) for the configured number of steps.
+
+    ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
+    checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as of the
+    last completed step.
+    """
+    from deepinv.loss.metric import PSNR
+
+    t = config.train
+    images = ImageFolder.open(data)
+    images.check_min_size(t.crop)
+    total = total_steps(config, len(images))
+    prepare_out_dir(out, force, resuming=resume is not None)
+    (out / "config.yaml").write_text(config.to_yaml())
+
+    torch.manual_seed(t.seed)
+    scheme = build_scheme(config, device)
+    params = dict(scheme.theta.named_parameters())
+    optimizer = torch.optim.Adam(params.values(), lr=t.lr)
+    start, psnr = 0, float("nan")
+    if resume is not None:
+        ckpt.load_parameters(scheme, resume)
+        _load_optimizer(optimizer, params, resume.optimizer)
+        start, psnr = resume.step, resume.train_psnr
+    rows = _read_log(out / "log.csv", start)
+    names = {id(p): n for n, p in params.items()}
+    metric = PSNR(max_pixel=1.0)
+
+    def save(step: int) -> None:
+        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, _optimizer_tensors(optimizer, names))
+        steps = [int(r["step"]) for r in rows]
+        plot_curves(out / "psnr.png", {config.preset: (steps, [float(r["psnr"]) for r in rows])}, title=config.preset)
+
+    if on_start:
+        on_start(start, total)
+    log = open(out / "log.csv", "w", newline="")
+    writer = csv.DictWriter(log, LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    clock = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
+    done = start
+    try:
+        for step in range(start, total):
+            clean = training_batch(images, step, t.batch_size, t.crop, t.seed).to(device)
+            with torch.no_grad():
+                observed = simulate(scheme.physics, clean, derive_seed(t.seed, "noise", step))
+            restored = solve(scheme, observed, t.K, t.T, t.gradient)
+            loss = torch.mean((restored - clean) ** 2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if not (math.isfinite(loss.item()) and _all_finite(p.grad for p in params.values())):
+                raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1}")
+            optimizer.step()
+            if not _all_finite(params.values()):
+                raise TrainingDiverged(f"non-finite θ after step {step + 1}")
+            done = step + 1
+            psnr = float(metric(restored.detach(), clean).mean())
+            report = StepReport(done, total, loss.item(), psnr, float(scheme.step_size().detach()), time.perf_counter() - clock)
+            rows.append({k: getattr(report, k) for k in LOG_FIELDS})
+            writer.writerow(rows[-1])
+            log.flush()
+            if on_step:
+                on_step(report)
+            if done % t.checkpoint_every == 0 or done == total:
+                save(done)
+            if should_stop and should_stop() and done < total:
+                save(done)
+                raise KeyboardInterrupt
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}; lower --lr. The last finite checkpoint is {out / CHECKPOINT}") from None
+    except KeyboardInterrupt:
+        if done > start:
+            save(done)
+        raise
+    finally:
+        log.close()
+    return TrainResult(out, out / CHECKPOINT, total, psnr, images.skipped)
