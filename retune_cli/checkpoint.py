@@ -92,7 +92,9 @@ def load(path: Path | str) -> Checkpoint:
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise InputError(f"{path} is a safetensors file but not a retune checkpoint (no retune metadata)")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path} has checkpoint format {metadata.get('format_version')}; this retune reads {FORMAT_VERSION}")
+        raise InputError(
+            f"{path} has checkpoint format {metadata.get('format_version')}; this retune reads {FORMAT_VERSION}"
+        )
     config = from_yaml(metadata["config"], str(path))
     try:
         step, psnr = int(metadata["step"]), float(metadata["train_psnr"])

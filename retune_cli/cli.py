@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -42,7 +42,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
 ) -> None:
     """Learn restoration hyperparameters at equilibrium."""
@@ -100,26 +100,27 @@ DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or 
 def train(
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "denoise-wavelet-b",
     data: Annotated[
-        Optional[Path], typer.Option(help="Folder of clean training images (default: the built-in samples).")
+        Path | None, typer.Option(help="Folder of clean training images (default: the built-in samples).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<preset>).")] = None,
-    K: Annotated[Optional[int], typer.Option("--K", help="Steps per unrolled block Φ_K (backpropagated).")] = None,
-    T: Annotated[Optional[int], typer.Option("--T", help="Restarts of Φ_K; only the last is backpropagated.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Adam steps (ignored when --epochs is given).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the images, in batches.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Crops per step.")] = None,
-    crop: Annotated[Optional[int], typer.Option(help="Side of the random square crops (paper: 256).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (paper: 5e-2).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<preset>).")] = None,
+    K: Annotated[int | None, typer.Option("--K", help="Steps per unrolled block Φ_K (backpropagated).")] = None,
+    T: Annotated[int | None, typer.Option("--T", help="Restarts of Φ_K; only the last is backpropagated.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Adam steps (ignored when --epochs is given).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the images, in batches.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Crops per step.")] = None,
+    crop: Annotated[int | None, typer.Option(help="Side of the random square crops (paper: 256).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 5e-2).")] = None,
     gradient: Annotated[
-        Optional[str], typer.Option(help="retune (backprop through the last Φ_K) or unrolled (through all K·T steps).")
+        str | None, typer.Option(help="retune (backprop through the last Φ_K) or unrolled (through all K·T steps).")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of crops, order and noise.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of crops, order and noise.")] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue a run from its checkpoint (θ, Adam state, step).")
+        Path | None, typer.Option(help="Continue a run from its checkpoint (θ, Adam state, step).")
     ] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels.")
+        list[str] | None,
+        typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
 ) -> None:
@@ -194,16 +195,20 @@ def restore(
     checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train.")],
     image: Annotated[Path, typer.Argument(help="Degraded image (or a clean one with --simulate).")],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C).")
+        Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C).")
     ] = None,
-    T: Annotated[Optional[int], typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")] = None,
+    T: Annotated[
+        int | None, typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")
+    ] = None,
     tol: Annotated[
-        Optional[float], typer.Option(help="Restart until ‖x_Kt − x_K(t−1)‖/‖x_Kt‖ ≤ tol (at most --T or 1000 restarts).")
+        float | None, typer.Option(help="Restart until ‖x_Kt − x_K(t−1)‖/‖x_Kt‖ ≤ tol (at most --T or 1000 restarts).")
     ] = None,
-    simulate: Annotated[bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")] = False,
+    simulate: Annotated[
+        bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Noise seed for --simulate.")] = 0,
     save_observation: Annotated[
-        Optional[Path], typer.Option(help="Also write the degraded image (same suffix rules).")
+        Path | None, typer.Option(help="Also write the degraded image (same suffix rules).")
     ] = None,
     bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
     device: Annotated[str, DEVICE_OPTION] = "auto",
@@ -240,11 +245,13 @@ def restore(
 )
 def eval_(
     checkpoints: Annotated[list[Path], typer.Argument(help="One or more theta.safetensors files.")],
-    data: Annotated[Optional[Path], typer.Option(help="Folder of clean images (default: the built-in samples).")] = None,
-    T: Annotated[Optional[int], typer.Option("--T", help="Restarts (default: each checkpoint's T).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder of clean images (default: the built-in samples).")] = None,
+    T: Annotated[int | None, typer.Option("--T", help="Restarts (default: each checkpoint's T).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed: same seed, same observations.")] = 0,
-    json_: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON (schema in the README).")] = None,
-    csv_: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV.")] = None,
+    json_: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON (schema in the README).")
+    ] = None,
+    csv_: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
 ) -> None:
     """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM."""

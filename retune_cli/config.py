@@ -43,7 +43,7 @@ class TrainConfig:
     T: int = 10
     gradient: str = "retune"
     steps: int = 100
-    epochs: typing.Optional[int] = None  # noqa: UP045 - the type is read at run time
+    epochs: int | None = None
     batch_size: int = 4
     crop: int = 128
     lr: float = 0.05
@@ -101,7 +101,9 @@ def _build(data: dict, source: str) -> Config:
         raise InputError(f"{source}: a config is a YAML mapping with sections physics, model, train")
     unknown = set(data) - {"preset", "description", *SECTIONS}
     if unknown:
-        raise InputError(f"{source}: unknown key {sorted(unknown)[0]!r}; known: preset, description, {', '.join(SECTIONS)}")
+        raise InputError(
+            f"{source}: unknown key {sorted(unknown)[0]!r}; known: preset, description, {', '.join(SECTIONS)}"
+        )
     sections = {}
     for name, cls in SECTIONS.items():
         values = data.get(name) or {}
@@ -146,7 +148,9 @@ def validate(config: Config) -> None:
     try:
         import pywt
 
-        _check(pywt.Wavelet(m.wavelet).orthogonal, f"model.wavelet {m.wavelet!r} is not orthogonal; use db4, sym8, haar…")
+        _check(
+            pywt.Wavelet(m.wavelet).orthogonal, f"model.wavelet {m.wavelet!r} is not orthogonal; use db4, sym8, haar…"
+        )
     except ValueError:
         raise InputError(f"model.wavelet {m.wavelet!r} is not a PyWavelets wavelet; use db4, sym8, haar…") from None
 

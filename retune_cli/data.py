@@ -80,7 +80,9 @@ class ImageFolder:
         for i, path in enumerate(self.files):
             h, w = self[i].shape[-2:]
             if min(h, w) < side:
-                raise InputError(f"image {path} is {w}×{h}, smaller than the crop {side}; use --crop {min(h, w)} or drop it")
+                raise InputError(
+                    f"image {path} is {w}×{h}, smaller than the crop {side}; use --crop {min(h, w)} or drop it"
+                )
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:

@@ -69,7 +69,10 @@ def _same_physics(models: list[Model]) -> None:
     first = models[0].config.physics
     for m in models[1:]:
         if m.config.physics != first:
-            raise InputError(f"{m.checkpoint.path} degrades images differently from {models[0].checkpoint.path}; evaluate them separately")
+            raise InputError(
+                f"{m.checkpoint.path} degrades images differently from {models[0].checkpoint.path}; "
+                "evaluate them separately"
+            )
 
 
 def evaluate(
@@ -98,5 +101,7 @@ def evaluate(
         with torch.no_grad():
             observed = simulate(models[0].scheme.physics, clean, derive_seed(seed, "eval", path.name))
         outputs = {OBSERVATION: observed} | {label: run(m, observed, T).x for label, m in zip(labels, models)}
-        rows.append({"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()})
+        rows.append(
+            {"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()}
+        )
     return EvalResult(labels, rows)

@@ -134,7 +134,9 @@ def train(
     metric = PSNR(max_pixel=1.0)
 
     def save(step: int) -> None:
-        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, _optimizer_tensors(optimizer, names))
+        ckpt.save(
+            out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, _optimizer_tensors(optimizer, names)
+        )
         steps = [int(r["step"]) for r in rows]
         plot_curves(out / "psnr.png", {config.preset: (steps, [float(r["psnr"]) for r in rows])}, title=config.preset)
 
@@ -162,7 +164,9 @@ def train(
                 raise TrainingDiverged(f"non-finite θ after step {step + 1}")
             done = step + 1
             psnr = float(metric(restored.detach(), clean).mean())
-            report = StepReport(done, total, loss.item(), psnr, float(scheme.step_size().detach()), time.perf_counter() - clock)
+            report = StepReport(
+                done, total, loss.item(), psnr, float(scheme.step_size().detach()), time.perf_counter() - clock
+            )
             rows.append({k: getattr(report, k) for k in LOG_FIELDS})
             writer.writerow(rows[-1])
             log.flush()

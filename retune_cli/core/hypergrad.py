@@ -66,12 +66,10 @@ def restore(scheme, y: torch.Tensor, K: int, max_restarts: int, tol: float = 0.0
     ctx = scheme.prepare(y)
     u = scheme.init(ctx)
     x = scheme.output(u, ctx)
-    residual = float("inf")
-    for t in range(1, max_restarts + 1):
+    residual, done = float("inf"), 0
+    while done < max_restarts and residual > tol:
         u = truncated_unrolled(scheme, u, ctx, K)
         new = scheme.output(u, ctx)
         residual = relative_residual(new, x)
-        x = new
-        if residual <= tol:
-            break
-    return FixedPoint(x, t, residual)
+        x, done = new, done + 1
+    return FixedPoint(x, done, residual)

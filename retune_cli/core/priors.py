@@ -44,7 +44,9 @@ class WaveletWeights(nn.Module):
     def diagonal(self) -> list[torch.Tensor]:
         """θ per level, shaped to broadcast against ``(N, C, 3, h, w)``: ``λ_j sqrt(Λ)``."""
         band_scale = torch.exp(0.5 * self.log_Lambda)
-        band_scale = band_scale.view(1, 1, 3, 1, 1) if self.weights == "bands" else band_scale.t().reshape(1, -1, 3, 1, 1)
+        band_scale = (
+            band_scale.view(1, 1, 3, 1, 1) if self.weights == "bands" else band_scale.t().reshape(1, -1, 3, 1, 1)
+        )
         return [torch.exp(log_l) * band_scale for log_l in self.log_lambda]
 
     def extra_repr(self) -> str:
