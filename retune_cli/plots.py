@@ -6,6 +6,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4), dpi=120)
+
+
+def _save(fig, path: Path) -> None:
+    """Write atomically (temporary file, then rename); the suffix gives the format."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_curves(
     path: Path,
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
@@ -14,14 +36,7 @@ def plot_curves(
     title: str = "",
 ) -> None:
     """One line per labelled ``(x, y)`` series, written atomically as an image (suffix gives the format)."""
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = _figure()
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label, linewidth=1.5)
     ax.set_xlabel(xlabel)
@@ -31,8 +46,26 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
+
+
+def plot_gradient_errors(path: Path, rows: list[dict]) -> None:
+    """compare-grads figure: ReTune's relative error to DEQ against T, one colour per K; JFB
+    (the plateau) and its Lemma-1 bound (relative to ‖g_DEQ‖) dashed; log scale."""
+    deq = next(r for r in rows if r["method"] == "deq")
+    deq_norm = sum(v * v for v in deq["gradient"]) ** 0.5
+    fig, ax = _figure()
+    for i, K in enumerate(sorted({r["K"] for r in rows if r["method"] == "retune"})):
+        color = f"C{i}"
+        retune = sorted((r["T"], r["rel_err_deq"]) for r in rows if r["method"] == "retune" and r["K"] == K)
+        ax.plot(*zip(*retune), "o-", color=color, label=f"ReTune K={K}")
+        jfb = next(r for r in rows if r["method"] == "jfb" and r["K"] == K)
+        ax.axhline(jfb["rel_err_deq"], color=color, linestyle="--", linewidth=1, label=f"JFB K={K}")
+        if jfb["bound"] is not None:
+            ax.axhline(jfb["bound"] / deq_norm, color=color, linestyle=":", linewidth=1, label=f"Lemma 1 bound K={K}")
+    ax.set_xlabel("restarts T")
+    ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
