@@ -122,6 +122,9 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels."),
     ] = None,
+    check_gradient_every: Annotated[
+        int | None, typer.Option(help="Every N steps, log cos(g, g_DEQ) and the relative error to log.csv.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
 ) -> None:
     """Learn θ on clean images: degrade, restore with T restarts of Φ_K, backpropagate, Adam.
@@ -137,7 +140,7 @@ def train(
         from .train import train as run_training
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
-        flags |= {"lr": lr, "gradient": gradient, "seed": seed}
+        flags |= {"lr": lr, "gradient": gradient, "seed": seed, "check_gradient_every": check_gradient_every}
         overrides = {f"train.{k}": v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
         if resume is not None:
             checkpoint = ckpt.load(resume)

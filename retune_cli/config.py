@@ -49,6 +49,7 @@ class TrainConfig:
     lr: float = 0.05
     seed: int = 0
     checkpoint_every: int = 25
+    check_gradient_every: int = 0
 
 
 @dataclass
@@ -143,6 +144,7 @@ def validate(config: Config) -> None:
     for key in ("K", "T", "steps", "batch_size", "checkpoint_every"):
         _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
     _check(t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1")
+    _check(t.check_gradient_every >= 0, "train.check_gradient_every must be 0 (never) or more")
     _check(t.crop >= 2**m.levels, f"train.crop must be at least 2**model.levels = {2**m.levels}")
     _check(t.lr > 0, "train.lr must be positive")
     try:

@@ -59,8 +59,9 @@ class ImageFolder:
     @classmethod
     def open(cls, folder: Path | None) -> ImageFolder:
         """``folder``, or the built-in samples when it is ``None``."""
-        images, skipped = list_images(folder if folder is not None else sample_dir())
-        return cls(images, skipped)
+        if folder is None:
+            return cls(list_images(sample_dir())[0])
+        return cls(*list_images(folder))
 
     def __len__(self) -> int:
         return len(self.files)

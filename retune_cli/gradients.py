@@ -53,11 +53,19 @@ def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return x[..., top : top + crop, left : left + crop]
 
 
-def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+def _timed(fn: Callable, *args) -> tuple:
+    """``(fn(*args), seconds, bytes saved for backward)``."""
     start = time.perf_counter()
     with saved_tensor_bytes() as saved:
-        out = fn()
+        out = fn(*args)
     return out, time.perf_counter() - start, saved[0]
+
+
+def unrolled_gradient(scheme, y: torch.Tensor, K: int, T: int, mode: str, loss) -> torch.Tensor:
+    """Flat gradient of ``L(x_KT)`` with the ``retune`` or ``unrolled`` graph."""
+    params = implicit.theta_parameters(scheme)
+    grads = torch.autograd.grad(loss(solve(scheme, y, K, T, mode)), params, allow_unused=True)
+    return implicit.flatten_grads(grads, params)
 
 
 def _theta_names(scheme) -> list[str]:
@@ -90,12 +98,6 @@ def compare_gradients(
     def loss(x: torch.Tensor) -> torch.Tensor:
         return torch.mean((x - clean) ** 2)
 
-    params = implicit.theta_parameters(scheme)
-
-    def grad_of(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        value = fn()
-        return implicit.flatten_grads(torch.autograd.grad(value, params, allow_unused=True), params)
-
     result = Comparison(_theta_names(scheme))
     say("fixed point")
     ctx = scheme.prepare(y)
@@ -108,7 +110,7 @@ def compare_gradients(
 
     say("DEQ")
     lin = implicit.linearize(scheme, y, u_hat, min(Ks), loss)
-    (g_deq, solved), seconds, saved = _timed(lambda: implicit.deq_gradient(lin, solver, tol))
+    (g_deq, solved), seconds, saved = _timed(implicit.deq_gradient, lin, solver, tol)
     result.solver = {
         "name": solver,
         "tol": tol,
@@ -149,11 +151,11 @@ def compare_gradients(
         a, _ = lin.loss_gradients()
         theta_norm = implicit.jacobian_theta_norm(lin)
         result.delta.append({"K": K, "theory": delta, "measured": implicit.jacobian_u_norm(lin)})
-        g_jfb, seconds, saved = _timed(lambda: implicit.jfb_gradient(lin))
+        g_jfb, seconds, saved = _timed(implicit.jfb_gradient, lin)
         bound = implicit.lemma1_bound(delta, implicit.norm(a), theta_norm)
         row("jfb", K, None, g_jfb, seconds, saved, bound, abs_err_deq=float((g_jfb - g_deq).norm()))
         for T in Ts:
             for method in ("retune", "unrolled"):
-                g, seconds, saved = _timed(lambda: grad_of(lambda: loss(solve(scheme, y, K, T, method))))
+                g, seconds, saved = _timed(unrolled_gradient, scheme, y, K, T, method, loss)
                 row(method, K, T, g, seconds, saved, restart_term=delta**T * distance)
     return result

@@ -26,7 +26,7 @@ from .models import build_scheme
 from .plots import plot_curves
 
 CHECKPOINT = "theta.safetensors"
-LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds")
+LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "grad_cosine", "grad_rel_err")
 
 
 class TrainingDiverged(Exception):
@@ -41,6 +41,8 @@ class StepReport:
     psnr: float
     tau: float
     seconds: float
+    grad_cosine: float | None = None  # cos(g^R, g_DEQ), every check_gradient_every steps
+    grad_rel_err: float | None = None  # ‖g^R − g_DEQ‖ / ‖g_DEQ‖
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,23 @@ def _read_log(path: Path, until: int) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return [row for row in csv.DictReader(f) if int(row["step"]) <= until]
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _check_gradient(scheme, observed: torch.Tensor, clean: torch.Tensor, K: int) -> dict[str, float]:
+    """Compare the gradient just computed (in ``.grad``) with the DEQ one at the same θ and batch."""
+    from .core.implicit import deq_at_equilibrium, flatten_grads, theta_parameters
+
+    params = theta_parameters(scheme)
+    ours = flatten_grads([p.grad for p in params], params).detach().clone()
+    deq = deq_at_equilibrium(scheme, observed, K, lambda x: torch.mean((x - clean) ** 2)).detach()
+    return {
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(ours, deq, dim=0)),
+        "grad_rel_err": float((ours - deq).norm() / deq.norm().clamp_min(1e-30)),
+    }
 
 
 def _all_finite(tensors) -> bool:
@@ -159,14 +178,14 @@ def train(
             loss.backward()
             if not (math.isfinite(loss.item()) and _all_finite(p.grad for p in params.values())):
                 raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1}")
+            check = _check_gradient(scheme, observed, clean, t.K) if _due(step + 1, t.check_gradient_every) else {}
             optimizer.step()
             if not _all_finite(params.values()):
                 raise TrainingDiverged(f"non-finite θ after step {step + 1}")
             done = step + 1
             psnr = float(metric(restored.detach(), clean).mean())
-            report = StepReport(
-                done, total, loss.item(), psnr, float(scheme.step_size().detach()), time.perf_counter() - clock
-            )
+            tau = float(scheme.step_size().detach())
+            report = StepReport(done, total, loss.item(), psnr, tau, time.perf_counter() - clock, **check)
             rows.append({k: getattr(report, k) for k in LOG_FIELDS})
             writer.writerow(rows[-1])
             log.flush()

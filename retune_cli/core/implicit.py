@@ -241,3 +241,12 @@ def finite_difference_gradient(
             flat[i] = old
             out.append((values[0] - values[1]) / (2 * h))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def deq_at_equilibrium(scheme, y: torch.Tensor, K: int, loss: Loss, tol: float = 1e-6, max_iter: int = 500):
+    """DEQ hypergradient of ``L(x̂_θ)``: fixed point to ``tol``, then GMRES to ``tol``; flat vector."""
+    with torch.no_grad():
+        ctx = scheme.prepare(y)
+        u_hat, _, _ = fixed_point(scheme, ctx, scheme.init(ctx), K, tol, max_iter)
+    gradient, _ = deq_gradient(linearize(scheme, y, u_hat, K, loss), "gmres", tol, max_iter)
+    return gradient
