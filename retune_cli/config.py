@@ -25,6 +25,8 @@ MODELS = ("wavelet",)
 class PhysicsConfig:
     name: str = "denoise"
     sigma: list[float] = field(default_factory=lambda: [0.10, 0.25, 0.50])
+    keep: float = 0.1  # inpaint: fraction of pixels kept
+    blur_width: int = 25  # deblur: width of the uniform kernels
 
 
 @dataclass
@@ -134,10 +136,16 @@ def validate(config: Config) -> None:
     """Range and choice checks; raises :class:`InputError` naming the key."""
     p, m, t = config.physics, config.model, config.train
     _choice(p.name, PHYSICS, "physics.name")
-    _check(len(p.sigma) > 0 and all(s >= 0 for s in p.sigma), "physics.sigma must be non-negative numbers")
+    _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
+    _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
+    _check(p.blur_width >= 1, "physics.blur_width must be at least 1")
     _choice(m.name, MODELS, "model.name")
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
+    _check(
+        m.step_rule == "safe" or p.name == "denoise",
+        f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
+    )
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
     _check(m.init_lambda > 0, "model.init_lambda must be positive")
     _choice(t.gradient, GRADIENTS, "train.gradient")

@@ -17,7 +17,8 @@ CHANNELS = 3  # images are read as RGB
 def build_scheme(config: Config, device: torch.device | str = "cpu") -> WaveletFB:
     """The inner solver described by ``config``, with θ at its initial value, on ``device``."""
     m = config.model
-    physics = build_physics(config.physics.name, config.physics.sigma)
+    p = config.physics
+    physics = build_physics(p.name, p.sigma, keep=p.keep, blur_width=p.blur_width)
     weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
     scheme = WaveletFB(physics, WaveletTransform(m.wavelet, m.levels), weights, m.step_rule)
     return scheme.to(device)

@@ -184,7 +184,7 @@ def train(
                 raise TrainingDiverged(f"non-finite θ after step {step + 1}")
             done = step + 1
             psnr = float(metric(restored.detach(), clean).mean())
-            tau = float(scheme.step_size().detach())
+            tau = float(scheme.step_size(observed).detach())
             report = StepReport(done, total, loss.item(), psnr, tau, time.perf_counter() - clock, **check)
             rows.append({k: getattr(report, k) for k in LOG_FIELDS})
             writer.writerow(rows[-1])

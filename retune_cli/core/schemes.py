@@ -82,25 +82,32 @@ class WaveletFB(nn.Module):
         self.step_rule = step_rule
         self._identity = is_identity(physics)
 
-    def _weights_and_step(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _weights_and_step(self, y: torch.Tensor) -> tuple:
         """``(θ per level, max θ, τ, L, μ)`` with ``L = ‖A‖²/min θ²`` and ``μ = σ_min(A)²/max θ²``."""
         theta = self.theta.diagonal()
         flat = torch.cat([t.flatten() for t in theta])
         lo, hi = flat.min(), flat.max()
-        norm, sigma_min = operator_norm_bounds(self.physics)
+        norm, sigma_min = operator_norm_bounds(self.physics, y)
         lipschitz = norm**2 / lo**2
         strong_convexity = sigma_min**2 / hi**2
         return theta, hi, tau_from_rule(lipschitz, strong_convexity, self.step_rule), lipschitz, strong_convexity
 
-    def step_size(self) -> torch.Tensor:
-        """The step τ(θ) of the current weights."""
-        return self._weights_and_step()[2]
+    def step_size(self, y: torch.Tensor) -> torch.Tensor:
+        """The step τ(θ) of the current weights for observations shaped like ``y``."""
+        return self._weights_and_step(y)[2]
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise the padded
+        pixels are unobserved (``A`` acts on the crop) and ``Aᵀ y`` is zero there."""
+        if self._identity:
+            return pad_to_multiple(y, self.transform.multiple)
+        x = self.physics.A_adjoint(y)
+        return F.pad(x, (0, -x.shape[-1] % self.transform.multiple, 0, -x.shape[-2] % self.transform.multiple))
 
     def prepare(self, y: torch.Tensor) -> WaveletContext:
         size = tuple(y.shape[-2:])
-        y = pad_to_multiple(y, self.transform.multiple)
-        b = self.transform.analysis(self.physics.A_adjoint(y))
-        theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step()
+        b = self.transform.analysis(self._adjoint(y))
+        theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step(y)
         return WaveletContext(b, theta, hi, tau, lipschitz, strong_convexity, size)
 
     def init(self, ctx: WaveletContext) -> Coefficients:
@@ -116,8 +123,9 @@ class WaveletFB(nn.Module):
         scaled = self._unweight(u, ctx)
         if self._identity:
             return scaled
-        x = self.transform.synthesis(scaled)
-        return self.transform.analysis(self.physics.A_adjoint(self.physics.A(x)))
+        h, w = ctx.size
+        x = self.transform.synthesis(scaled)[..., :h, :w]
+        return self.transform.analysis(self._adjoint(self.physics.A(x)))
 
     def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
         """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation."""

@@ -34,9 +34,36 @@ def _periodic_index(n: int, left: int, right: int, device: torch.device) -> torc
     return torch.arange(-left, n + right, device=device) % n
 
 
+def _periodize(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Periodic extension of the last two dimensions by ``left``/``right`` samples (any wrap count)."""
+    h, w = x.shape[-2:]
+    if max(left, right) <= min(h, w):
+        return F.pad(x, (left, right, left, right), mode="circular")
+    x = x.index_select(-2, _periodic_index(h, left, right, x.device))
+    return x.index_select(-1, _periodic_index(w, left, right, x.device))
+
+
+def _polyphase(f: list[float], phase: int, half: int) -> list[float]:
+    """Taps ``g[t + r] = f[2t + s − phase]`` (``r = s // 2``, zero outside ``f``) of one synthesis phase.
+
+    With ``c[n] = Σ_k f[k] x[2n + s − k]`` (``s = half``), the adjoint is
+    ``x[2i + phase] = Σ_t f[2t + s − phase] c[i + t]``: a correlation with these taps.
+    """
+    r = half // 2
+    taps = [2 * t + half - phase for t in range(-r, r + 1)]
+    return [f[k] if 0 <= k < len(f) else 0.0 for k in taps]
+
+
 @dataclass
 class WaveletTransform:
-    """Multilevel orthonormal periodized 2-D DWT ``D`` (``analysis``) and ``Dᵀ`` (``synthesis``)."""
+    """Multilevel orthonormal periodized 2-D DWT ``D`` (``analysis``) and ``Dᵀ`` (``synthesis``).
+
+    One analysis level is one strided convolution with the four separable 2-D filters
+    ``(approx, H, V, D) = (h⊗h, g⊗h, h⊗g, g⊗g)`` (rows ⊗ columns) on the periodized image:
+    ``c[n] = Σ_k f[k] x[(2n + L/2 − k) mod N]`` along each axis, PyWavelets' periodization convention.
+    Synthesis is its transpose written in polyphase form: one convolution of the periodized bands
+    giving the four phases of the image, then a pixel shuffle.
+    """
 
     wavelet: str = "db4"
     levels: int = 4
@@ -53,72 +80,59 @@ class WaveletTransform:
         self._lo = list(w.dec_lo)
         self._hi = list(w.dec_hi)
         self.filter_length = len(self._lo)
+        self._left = self.filter_length // 2 - 1
+        self._right = self.filter_length // 2
 
     @property
     def multiple(self) -> int:
         """Image sides must be multiples of this (``2**levels``)."""
         return 2**self.levels
 
-    def _filters(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Reversed analysis filters ``(2, 1, L)`` (low, high) for ``conv1d``-style correlation."""
+    def _pairs(self) -> tuple[tuple[list[float], list[float]], ...]:
+        """(row filter, column filter) of the bands approx, H, V, D."""
+        lo, hi = self._lo, self._hi
+        return ((lo, lo), (hi, lo), (lo, hi), (hi, hi))
+
+    def _filters(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Analysis bank ``(4, 1, L, L)`` (reversed for ``conv2d``'s correlation) and polyphase
+        synthesis bank ``(4 phases, 4 bands, 2r+1, 2r+1)``."""
         key = (device, dtype)
         if key not in self._bank:
-            bank = torch.tensor([self._lo[::-1], self._hi[::-1]], dtype=dtype, device=device)
-            self._bank[key] = bank.unsqueeze(1)
+            analysis = torch.stack(
+                [
+                    torch.outer(torch.tensor(r[::-1], dtype=torch.float64), torch.tensor(c[::-1], dtype=torch.float64))
+                    for r, c in self._pairs()
+                ]
+            )
+            half = self.filter_length // 2
+            synthesis = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.outer(
+                                torch.tensor(_polyphase(r, p, half), dtype=torch.float64),
+                                torch.tensor(_polyphase(c, q, half), dtype=torch.float64),
+                            )
+                            for r, c in self._pairs()
+                        ]
+                    )
+                    for p in (0, 1)
+                    for q in (0, 1)
+                ]
+            )
+            self._bank[key] = (analysis.unsqueeze(1).to(device, dtype), synthesis.to(device, dtype))
         return self._bank[key]
 
-    def _pads(self) -> tuple[int, int]:
-        half = self.filter_length // 2
-        return half - 1, half
+    def _analysis_level(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (M, H, W)`` → ``(M, 4, H/2, W/2)``: approximation then details (H, V, D)."""
+        xp = _periodize(x.unsqueeze(1), self._left, self._right)
+        return F.conv2d(xp, self._filters(x.device, x.dtype)[0], stride=2)
 
-    def _analysis_1d(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        """One level along ``dim`` (-1 or -2) of ``x (M, 1, H, W)`` → ``(M, 2, H', W')``.
-
-        ``c[n] = Σ_k h[k] x[(2n + L/2 − k) mod N]``, the PyWavelets periodization convention.
-        """
-        left, right = self._pads()
-        n = x.shape[dim]
-        xp = x.index_select(dim, _periodic_index(n, left, right, x.device))
-        bank = self._filters(x.device, x.dtype)
-        if dim == -1:
-            return F.conv2d(xp, bank.unsqueeze(2), stride=(1, 2))
-        return F.conv2d(xp, bank.unsqueeze(3), stride=(2, 1))
-
-    def _synthesis_1d(self, c: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-        """Adjoint of :meth:`_analysis_1d`: ``(M, 2, H', W')`` → ``(M, 1, H, W)`` with side ``n``."""
-        left, right = self._pads()
-        bank = self._filters(c.device, c.dtype)
-        if dim == -1:
-            xp = F.conv_transpose2d(c, bank.unsqueeze(2), stride=(1, 2))
-        else:
-            xp = F.conv_transpose2d(c, bank.unsqueeze(3), stride=(2, 1))
-        extended = n + left + right
-        if xp.shape[dim] < extended:
-            pad = (0, extended - xp.shape[dim]) if dim == -1 else (0, 0, 0, extended - xp.shape[dim])
-            xp = F.pad(xp, pad)
-        shape = list(xp.shape)
-        shape[dim] = n
-        out = torch.zeros(shape, dtype=c.dtype, device=c.device)
-        return out.index_add_(dim % 4, _periodic_index(n, left, right, c.device), xp)
-
-    def _analysis_level(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (M, H, W)`` → approximation ``(M, H/2, W/2)`` and details ``(M, 3, H/2, W/2)``."""
-        m, h, w = x.shape
-        rows = self._analysis_1d(x.reshape(m, 1, h, w), dim=-1)  # (M, 2[W lo/hi], H, W/2)
-        both = self._analysis_1d(rows.reshape(2 * m, 1, h, w // 2), dim=-2)
-        both = both.reshape(m, 2, 2, h // 2, w // 2)  # [W band, H band]
-        approx = both[:, 0, 0]
-        details = torch.stack((both[:, 0, 1], both[:, 1, 0], both[:, 1, 1]), dim=1)
-        return approx, details
-
-    def _synthesis_level(self, approx: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`_analysis_level`."""
-        m, h2, w2 = approx.shape
-        low_w = torch.stack((approx, details[:, 0]), dim=1)  # H band lo/hi, W lo
-        high_w = torch.stack((details[:, 1], details[:, 2]), dim=1)  # H band lo/hi, W hi
-        both = torch.stack((low_w, high_w), dim=1).reshape(2 * m, 2, h2, w2)
-        rows = self._synthesis_1d(both, dim=-2, n=2 * h2).reshape(m, 2, 2 * h2, w2)
-        return self._synthesis_1d(rows, dim=-1, n=2 * w2).reshape(m, 2 * h2, 2 * w2)
+    def _synthesis_level(self, bands: torch.Tensor) -> torch.Tensor:
+        """Adjoint (and inverse) of :meth:`_analysis_level`: ``(M, 4, h, w)`` → ``(M, 2h, 2w)``."""
+        r = self.filter_length // 4
+        phases = F.conv2d(_periodize(bands, r, r), self._filters(bands.device, bands.dtype)[1])
+        return F.pixel_shuffle(phases, 2)[:, 0]
 
     def analysis(self, x: torch.Tensor) -> Coefficients:
         """``D x`` for ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of ``2**levels``."""
@@ -128,8 +142,9 @@ class WaveletTransform:
         approx = x.reshape(n * c, h, w)
         details = []
         for _ in range(self.levels):
-            approx, d = self._analysis_level(approx)
-            details.append(d.reshape(n, c, 3, *d.shape[-2:]))
+            bands = self._analysis_level(approx)
+            approx = bands[:, 0]
+            details.append(bands[:, 1:].reshape(n, c, 3, *bands.shape[-2:]))
         return Coefficients(approx.reshape(n, c, *approx.shape[-2:]), tuple(reversed(details)))
 
     def synthesis(self, coeffs: Coefficients) -> torch.Tensor:
@@ -137,5 +152,6 @@ class WaveletTransform:
         n, c = coeffs.approx.shape[:2]
         x = coeffs.approx.reshape(n * c, *coeffs.approx.shape[-2:])
         for d in coeffs.details:
-            x = self._synthesis_level(x, d.reshape(n * c, 3, *d.shape[-2:]))
+            bands = torch.cat((x.unsqueeze(1), d.reshape(n * c, 3, *d.shape[-2:])), dim=1)
+            x = self._synthesis_level(bands)
         return x.reshape(n, c, *x.shape[-2:])
