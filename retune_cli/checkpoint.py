@@ -2,9 +2,10 @@
 
 Tensors: the scheme's parameters (``theta.log_lambda``, ``theta.log_Lambda``, …) and, for resuming,
 Adam's moments under ``optimizer.``. Metadata (str → str): ``format``, ``format_version``,
-``retune_version``, ``config`` (YAML), ``K``, ``T``, ``step``, ``train_psnr``. Files are written
-to a temporary name in the same folder, flushed, then renamed over the target: a crash at any
-moment leaves either the old or the new checkpoint, never a torn one.
+``retune_version``, ``config`` (YAML), ``K``, ``T``, ``step``, ``train_psnr``, ``data`` (the
+training folder; empty for the built-in samples). Files are written to a temporary name in the same
+folder, flushed, then renamed over the target: a crash at any moment leaves either the old or the new
+checkpoint, never a torn one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Checkpoint:
     optimizer: dict[str, torch.Tensor]
     step: int
     train_psnr: float
+    data: Path | None = None  # the training folder (None: the built-in samples)
 
 
 def save(
@@ -44,6 +46,7 @@ def save(
     step: int,
     train_psnr: float,
     optimizer: dict[str, torch.Tensor] | None = None,
+    data: Path | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
     from safetensors.torch import save_file
@@ -59,12 +62,16 @@ def save(
         "T": str(config.train.T),
         "step": str(step),
         "train_psnr": f"{train_psnr:.6f}",
+        "data": str(Path(data).resolve()) if data is not None else "",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,7 +109,8 @@ def load(path: Path | str) -> Checkpoint:
         raise InputError(f"{path}: its step or train_psnr metadata is missing or malformed") from None
     parameters = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
-    return Checkpoint(path, config, parameters, optimizer, step, psnr)
+    data = Path(metadata["data"]) if metadata.get("data") else None
+    return Checkpoint(path, config, parameters, optimizer, step, psnr, data)
 
 
 PARAMETER_PREFIX = "theta."

@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -146,6 +146,7 @@ def train(
             checkpoint = ckpt.load(resume)
             config = for_resume(checkpoint.config, overrides, str(resume))
             out = out or resume.parent
+            data = data or checkpoint.data
         else:
             checkpoint = None
             config = resolve(preset, overrides)
@@ -213,6 +214,12 @@ def restore(
     save_observation: Annotated[
         Path | None, typer.Option(help="Also write the degraded image (same suffix rules).")
     ] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same size.")
+    ] = None,
+    kernel: Annotated[
+        Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
+    ] = None,
     bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
     device: Annotated[str, DEVICE_OPTION] = "auto",
 ) -> None:
@@ -231,7 +238,7 @@ def restore(
         if (T is not None and T < 1) or (tol is not None and not tol >= 0):
             raise InputError("--T must be at least 1 and --tol non-negative")
         model = load_model(checkpoint, _device(device))
-        result = restore_file(model, image, seed if simulate else None, T, tol)
+        result = restore_file(model, image, seed if simulate else None, T, tol, mask, kernel)
         write_image(output, result.restored, bits)
         if save_observation is not None:
             write_image(save_observation, result.observation, bits)

@@ -90,6 +90,11 @@ def _coerce(value, kind, key: str):
         return [_coerce(v, typing.get_args(kind)[0], key) for v in items]
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = kind(value)  # YAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise InputError(f"{key} must be a finite number, not {value}")
@@ -205,6 +210,9 @@ def parse_set(items: list[str]) -> dict[str, object]:
 def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
     """Set dotted keys ``section.key`` in a raw config mapping (a copy)."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section in {key.partition(".")[0] for key in overrides} & set(SECTIONS):
+        if data.get(section) is None:
+            data[section] = {}
     for key, value in overrides.items():
         section, dot, name = key.partition(".")
         if not dot:
@@ -214,13 +222,17 @@ def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
             continue
         if section not in SECTIONS:
             raise InputError(f"--set {key}: unknown section {section!r}; use one of {', '.join(SECTIONS)}")
-        data.setdefault(section, {})[name] = value
+        if not isinstance(data[section], dict):
+            raise InputError(f"--set {key}: section {section!r} of the preset is not a mapping")
+        data[section][name] = value
     return data
 
 
 def resolve(preset: str, overrides: dict[str, object] | None = None) -> Config:
     """Preset (name or file) + overrides → validated config."""
     data = load_preset(preset)
+    if not isinstance(data, dict):
+        raise InputError(f"{preset}: a config is a YAML mapping with sections physics, model, train")
     data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     return _build(apply_overrides(data, overrides or {}), preset)
 

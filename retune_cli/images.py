@@ -77,7 +77,7 @@ def read_image(path: Path | str) -> torch.Tensor:
         array = _read_array(path)
     except Image.DecompressionBombError:
         raise InputError(f"{path} is too large to decode safely (decompression bomb guard)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"cannot read image {path}: {str(e).splitlines()[0] or 'not an image or truncated'}") from None
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"image {path} is empty")

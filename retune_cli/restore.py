@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from .core.hypergrad import FixedPoint, restore
-from .core.physics import simulate
+from .core.physics import ChannelBlur, RandomInpainting, simulate
+from .errors import InputError
 from .images import read_image
 from .models import build_scheme
 
@@ -60,23 +62,56 @@ class RestoreResult:
     psnr_observation: float | None
 
 
+def set_operator(model: Model, shape: torch.Size, mask: Path | None, kernel: Path | None) -> bool:
+    """Give the physics a known mask (image, white = kept) or blur kernel (``.npy``); True if one was set."""
+    physics = model.scheme.physics
+    if mask is not None:
+        if not isinstance(physics, RandomInpainting):
+            raise InputError(
+                f"--mask is for inpainting checkpoints; {model.checkpoint.path} is {model.config.physics.name}"
+            )
+        m = read_image(mask)[:1].unsqueeze(0)
+        if m.shape[-2:] != shape[-2:]:
+            raise InputError(f"--mask {mask} is {m.shape[-1]}×{m.shape[-2]}, the image {shape[-1]}×{shape[-2]}")
+        physics.set_mask((m > 0.5).to(next(model.scheme.parameters()).device, torch.float32))
+        return True
+    if kernel is not None:
+        if not isinstance(physics, ChannelBlur):
+            raise InputError(
+                f"--kernel is for deblurring checkpoints; {model.checkpoint.path} is {model.config.physics.name}"
+            )
+        try:
+            array = np.load(kernel, allow_pickle=False)
+            physics.set_kernel(torch.from_numpy(array.astype(np.float32)))
+        except (OSError, ValueError) as e:
+            raise InputError(f"--kernel {kernel}: {str(e).splitlines()[0]}") from None
+        return True
+    if isinstance(physics, RandomInpainting):
+        raise InputError("this checkpoint inpaints: give --mask FILE (white = known pixels), or --simulate")
+    return False
+
+
 def restore_file(
     model: Model,
     image: Path,
     simulate_seed: int | None = None,
     T: int | None = None,
     tol: float | None = None,
+    mask: Path | None = None,
+    kernel: Path | None = None,
 ) -> RestoreResult:
-    """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first."""
+    """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
+    given mask or kernel, else with the checkpoint's, drawn from the seed)."""
     from deepinv.loss.metric import PSNR
 
     device = next(model.scheme.parameters()).device
     x = read_image(image).unsqueeze(0).to(device)
+    known = set_operator(model, x.shape, mask, kernel) if simulate_seed is None or mask or kernel else False
     clean = None
     if simulate_seed is not None:
         clean = x
         with torch.no_grad():
-            x = simulate(model.scheme.physics, clean, simulate_seed)
+            x = simulate(model.scheme.physics, clean, simulate_seed, redraw=not known)
     result = run(model, x, T, tol)
     psnr = psnr_obs = None
     if clean is not None:

@@ -153,9 +153,8 @@ def train(
     metric = PSNR(max_pixel=1.0)
 
     def save(step: int) -> None:
-        ckpt.save(
-            out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, _optimizer_tensors(optimizer, names)
-        )
+        moments = _optimizer_tensors(optimizer, names)
+        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, moments, data)
         steps = [int(r["step"]) for r in rows]
         plot_curves(out / "psnr.png", {config.preset: (steps, [float(r["psnr"]) for r in rows])}, title=config.preset)
 
@@ -197,7 +196,8 @@ def train(
                 save(done)
                 raise KeyboardInterrupt
     except TrainingDiverged as e:
-        raise TrainingDiverged(f"{e}; lower --lr. The last finite checkpoint is {out / CHECKPOINT}") from None
+        kept = f"the last finite checkpoint is {out / CHECKPOINT}" if done > 0 else "no checkpoint was written"
+        raise TrainingDiverged(f"{e}; lower --lr ({kept})") from None
     except KeyboardInterrupt:
         if done > start:
             save(done)

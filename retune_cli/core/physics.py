@@ -143,9 +143,10 @@ def is_identity(physics: LinearPhysics) -> bool:
     return isinstance(physics, Denoising)
 
 
-def simulate(physics: LinearPhysics, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """``y = A x + ε``; the operator's random part (a mask) and the noise are drawn from ``seed``."""
-    if isinstance(physics, RandomInpainting):
+def simulate(physics: LinearPhysics, x: torch.Tensor, seed: int, redraw: bool = True) -> torch.Tensor:
+    """``y = A x + ε``; the operator's random part (a mask, unless ``redraw`` is False) and the noise
+    are drawn from ``seed``."""
+    if redraw and isinstance(physics, RandomInpainting):
         physics.draw(x.shape, seed, x.device)
     return physics.noise_model(physics.A(x), seed=seed)
 

@@ -54,14 +54,18 @@ class WaveletWeights(nn.Module):
 
 
 def group_norm(z: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Euclidean norm of each group (over ``dims``), kept broadcastable."""
-    return torch.sqrt(torch.sum(z * z, dim=dims, keepdim=True))
+    """Euclidean norm of each group (over ``dims``), kept broadcastable.
+
+    ``sqrt(Σ z² + tiny)``: the smallest normal number keeps the derivative finite (zero) at ``z = 0``,
+    where ``sqrt`` alone would give ``0 · ∞ = NaN``; the value changes by less than 1e-19.
+    """
+    return torch.sqrt(torch.sum(z * z, dim=dims, keepdim=True) + torch.finfo(z.dtype).tiny)
 
 
 def group_soft_threshold(z: torch.Tensor, level: torch.Tensor | float, dims: tuple[int, ...]) -> torch.Tensor:
     """``prox_{level ‖·‖_{1,2}}(z) = z · max(0, 1 − level / ‖z_g‖)`` group by group."""
     norm = group_norm(z, dims)
-    return z * torch.clamp(1 - level / norm.clamp_min(torch.finfo(z.dtype).tiny), min=0)
+    return z * torch.clamp(1 - level / norm, min=0)
 
 
 def weighted_l21(details: list[torch.Tensor], theta: list[torch.Tensor], dims: tuple[int, ...]) -> torch.Tensor:
