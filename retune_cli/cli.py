@@ -88,7 +88,18 @@ def _device(name: str):
     return resolve_device(name)
 
 
-PRESET_HELP = "Built-in preset (denoise-wavelet-b, denoise-wavelet-bc) or a YAML file of the same shape."
+PRESET_HELP = "Built-in preset (see README; default denoise-wavelet-b) or a YAML file of the same shape."
+DEFAULT_PRESET = "denoise-wavelet-b"
+
+
+def _check_preset(preset: str | None, config, source: Path) -> None:
+    """Refuse ``--preset`` naming another preset than the checkpoint's."""
+    from .errors import InputError
+
+    if preset is not None and preset != config.preset:
+        raise InputError(f"--preset {preset}: {source} was trained with preset {config.preset}; drop --preset")
+
+
 DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
 
 
@@ -98,7 +109,7 @@ DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or 
     "retune train --resume runs/bc/theta.safetensors --steps 400"
 )
 def train(
-    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "denoise-wavelet-b",
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     data: Annotated[
         Path | None, typer.Option(help="Folder of clean training images (default: the built-in samples).")
     ] = None,
@@ -122,8 +133,13 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels."),
     ] = None,
+    clip_grad_norm: Annotated[float | None, typer.Option(help="Clip ‖∇θ‖ to this value (0: off).")] = None,
     check_gradient_every: Annotated[
         int | None, typer.Option(help="Every N steps, log cos(g, g_DEQ) and the relative error to log.csv.")
+    ] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(help='Train every combination into its own sub-folder, e.g. --grid "K=1,10 T=1,10".'),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
 ) -> None:
@@ -135,28 +151,29 @@ def train(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from . import checkpoint as ckpt
-        from .config import for_resume, parse_set, resolve
-        from .train import TrainingDiverged
+        from .config import for_resume, grid_configs, parse_grid, parse_set, resolve
+        from .errors import InputError
+        from .train import TrainingDiverged, plot_runs
         from .train import train as run_training
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
         flags |= {"lr": lr, "gradient": gradient, "seed": seed, "check_gradient_every": check_gradient_every}
+        flags |= {"clip_grad_norm": clip_grad_norm}
         overrides = {f"train.{k}": v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
         if resume is not None:
             checkpoint = ckpt.load(resume)
+            _check_preset(preset, checkpoint.config, resume)
             config = for_resume(checkpoint.config, overrides, str(resume))
             out = out or resume.parent
             data = data or checkpoint.data
         else:
             checkpoint = None
-            config = resolve(preset, overrides)
+            config = resolve(preset or DEFAULT_PRESET, overrides)
             out = out or Path("runs") / config.preset
+        if grid is not None and resume is not None:
+            raise InputError("--grid starts new runs; resume each sub-folder's run with --resume instead")
+        runs = [(name, cfg, out / name) for name, cfg in grid_configs(config, parse_grid(grid))] if grid else []
         dev = _device(device)
-        console.print(
-            f"[bold]{config.preset}[/] · K={config.train.K} T={config.train.T} gradient={config.train.gradient} "
-            f"· {'built-in samples' if data is None else data} · {dev} → {out}",
-            highlight=False,
-        )
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -164,30 +181,52 @@ def train(
             TextColumn("loss {task.fields[loss]:.5f} · PSNR {task.fields[psnr]:.2f} dB · τ {task.fields[tau]:.3g}"),
             TimeRemainingColumn(),
         )
+        results = []
         with Progress(*columns, console=console, transient=False) as progress, _graceful_stop() as should_stop:
-            task = progress.add_task("training", total=None, loss=float("nan"), psnr=float("nan"), tau=float("nan"))
-            try:
-                result = run_training(
-                    config,
-                    out,
-                    data=data,
-                    device=dev,
-                    resume=checkpoint,
-                    force=force,
-                    on_start=lambda start, total: progress.update(task, completed=start, total=total),
-                    on_step=lambda r: progress.update(task, completed=r.step, loss=r.loss, psnr=r.psnr, tau=r.tau),
-                    should_stop=should_stop,
+            for name, cfg, folder in runs or [(config.preset, config, out)]:
+                console.print(
+                    f"[bold]{cfg.preset}[/] · K={cfg.train.K} T={cfg.train.T} gradient={cfg.train.gradient} "
+                    f"· {'built-in samples' if data is None else data} · {dev} → {folder}",
+                    highlight=False,
                 )
-            except TrainingDiverged as e:
-                err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
-                raise typer.Exit(1) from None
-        if result.skipped:
-            err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in result.skipped)}")
-        console.print(
-            f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
-            f"(also config.yaml, log.csv, psnr.png)",
-            highlight=False,
-        )
+                nan = float("nan")
+                task = progress.add_task(name, total=None, loss=nan, psnr=nan, tau=nan)
+                try:
+                    results.append(
+                        run_training(
+                            cfg,
+                            folder,
+                            data=data,
+                            device=dev,
+                            resume=checkpoint,
+                            force=force,
+                            on_start=lambda start, total, task=task: progress.update(
+                                task, completed=start, total=total
+                            ),
+                            on_step=lambda r, task=task: progress.update(
+                                task, completed=r.step, loss=r.loss, psnr=r.psnr, tau=r.tau
+                            ),
+                            should_stop=should_stop,
+                        )
+                    )
+                except TrainingDiverged as e:
+                    err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
+                    raise typer.Exit(1) from None
+        if results[0].skipped:
+            err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in results[0].skipped)}")
+        for result in results:
+            console.print(
+                f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
+                f"(also config.yaml, log.csv, psnr.png)",
+                highlight=False,
+            )
+        if runs:
+            plot_runs(out / "psnr.png", {name: folder for name, _, folder in runs})
+            console.print(
+                f"grid: PSNR curves of all runs → {out / 'psnr.png'}; compare them with "
+                f"retune eval {out}/*/theta.safetensors",
+                highlight=False,
+            )
 
 
 @app.command(
@@ -308,7 +347,7 @@ def _int_list(text: str, flag: str) -> list[int]:
     "retune compare-grads --checkpoint runs/dn-b/theta.safetensors --json grads.json",
 )
 def compare_grads(
-    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "denoise-wavelet-b",
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Take θ (and the physics) from a checkpoint.")] = None,
     image: Annotated[Path | None, typer.Option(help="Clean image (default: the built-in astronaut).")] = None,
     crop: Annotated[int, typer.Option(help="Side of the center crop (finite differences cost 2·d solves).")] = 64,
@@ -344,10 +383,11 @@ def compare_grads(
         if checkpoint is not None:
             model = load_model(checkpoint, dev)
             scheme, config = model.scheme, model.config
+            _check_preset(preset, config, checkpoint)
         else:
             from .models import build_scheme
 
-            config = resolve(preset)
+            config = resolve(preset or DEFAULT_PRESET)
             scheme = build_scheme(config, dev)
         with console.status("computing gradients…") as status:
             result = compare_gradients(

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     check_gradient_every: int = 0
+    clip_grad_norm: float = 0.0  # 0: no clipping
 
 
 @dataclass
@@ -160,6 +161,7 @@ def validate(config: Config) -> None:
     _check(t.check_gradient_every >= 0, "train.check_gradient_every must be 0 (never) or more")
     _check(t.crop >= 2**m.levels, f"train.crop must be at least 2**model.levels = {2**m.levels}")
     _check(t.lr > 0, "train.lr must be positive")
+    _check(t.clip_grad_norm >= 0, "train.clip_grad_norm must be 0 (off) or positive")
     try:
         import pywt
 
@@ -255,3 +257,27 @@ def for_resume(config: Config, overrides: dict[str, object], source: str) -> Con
     if changed:
         raise InputError(f"--resume continues a run as configured; only --steps/--epochs may change, not {changed[0]}")
     return _build(apply_overrides(dataclasses.asdict(config), overrides), source)
+
+
+def parse_grid(text: str) -> dict[str, list[object]]:
+    """``"K=1,10 T=1,10"`` → ``{"train.K": [1, 10], "train.T": [1, 10]}`` (bare keys are train keys)."""
+    grid = {}
+    for item in text.split():
+        key, sep, raw = item.partition("=")
+        values = [yaml.safe_load(v) for v in raw.split(",") if v]
+        if not sep or not key or not values:
+            raise InputError(f'--grid {text!r}: write KEY=v1,v2 … separated by spaces, e.g. --grid "K=1,10 T=1,10"')
+        grid[key if "." in key else f"train.{key}"] = values
+    return grid
+
+
+def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[str, Config]]:
+    """Every combination of the grid's values applied to ``config``, named like ``K1-T10``."""
+    import itertools
+
+    runs = []
+    for values in itertools.product(*grid.values()):
+        overrides = dict(zip(grid, values))
+        name = "-".join(f"{k.rpartition('.')[2]}{v}" for k, v in overrides.items())
+        runs.append((name, _build(apply_overrides(dataclasses.asdict(config), overrides), f"--grid {name}")))
+    return runs

@@ -91,6 +91,9 @@ def evaluate(
     labels = checkpoint_labels(checkpoints)
     models = [load_model(p, device) for p in checkpoints]
     _same_physics(models)
+    physics = models[0].scheme.physics
+    for m in models[1:]:
+        m.scheme.physics = physics  # one operator for all: a mask drawn per image is shared
     images = ImageFolder.open(data)
     scores = {"psnr": PSNR(max_pixel=1.0), "ssim": SSIM()}
     rows = []

@@ -77,6 +77,15 @@ def _load_optimizer(optimizer: torch.optim.Adam, params: dict[str, torch.nn.Para
             optimizer.state[p] = state
 
 
+def plot_runs(path: Path, runs: dict[str, Path]) -> None:
+    """One figure of the train PSNR curves of several run folders (label → folder)."""
+    curves = {}
+    for label, folder in runs.items():
+        rows = _read_log(folder / "log.csv", until=10**12)
+        curves[label] = ([int(r["step"]) for r in rows], [float(r["psnr"]) for r in rows])
+    plot_curves(path, curves)
+
+
 def _read_log(path: Path, until: int) -> list[dict]:
     """Rows of an existing log up to step ``until`` (a resumed run continues from there)."""
     if not path.is_file():
@@ -177,6 +186,8 @@ def train(
             loss.backward()
             if not (math.isfinite(loss.item()) and _all_finite(p.grad for p in params.values())):
                 raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1}")
+            if t.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params.values(), t.clip_grad_norm)
             check = _check_gradient(scheme, observed, clean, t.K) if _due(step + 1, t.check_gradient_every) else {}
             optimizer.step()
             if not _all_finite(params.values()):
