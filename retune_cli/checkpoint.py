@@ -3,9 +3,9 @@
 Tensors: the scheme's parameters (``theta.log_lambda``, ``theta.log_Lambda``, …) and, for resuming,
 Adam's moments under ``optimizer.``. Metadata (str → str): ``format``, ``format_version``,
 ``retune_version``, ``config`` (YAML), ``K``, ``T``, ``step``, ``train_psnr``, ``data`` (the
-training folder; empty for the built-in samples). Files are written to a temporary name in the same
-folder, flushed, then renamed over the target: a crash at any moment leaves either the old or the new
-checkpoint, never a torn one.
+training folder; empty for the built-in samples), ``processes`` (how many trained it). Files are
+written to a temporary name in the same folder, flushed, then renamed over the target: a crash at
+any moment leaves either the old or the new checkpoint, never a torn one.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def save(
     train_psnr: float,
     optimizer: dict[str, torch.Tensor] | None = None,
     data: Path | None = None,
+    processes: int = 1,
 ) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
     from safetensors.torch import save_file
@@ -63,6 +64,7 @@ def save(
         "step": str(step),
         "train_psnr": f"{train_psnr:.6f}",
         "data": str(Path(data).resolve()) if data is not None else "",
+        "processes": str(processes),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -7,6 +7,7 @@ usage (one line, no traceback), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Iterator
@@ -152,6 +153,7 @@ def train(
 
         from . import checkpoint as ckpt
         from .config import for_resume, grid_configs, parse_grid, parse_set, resolve
+        from .distributed import start as start_distributed
         from .errors import InputError
         from .train import TrainingDiverged, plot_runs
         from .train import train as run_training
@@ -173,7 +175,8 @@ def train(
         if grid is not None and resume is not None:
             raise InputError("--grid starts new runs; resume each sub-folder's run with --resume instead")
         runs = [(name, cfg, out / name) for name, cfg in grid_configs(config, parse_grid(grid))] if grid else []
-        dev = _device(device)
+        group, dev = start_distributed(_device(device))
+        quiet = not group.is_main
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -182,11 +185,17 @@ def train(
             TimeRemainingColumn(),
         )
         results = []
-        with Progress(*columns, console=console, transient=False) as progress, _graceful_stop() as should_stop:
+        console.quiet = quiet
+        with (
+            Progress(*columns, console=console, disable=quiet) as progress,
+            _graceful_stop() as should_stop,
+            contextlib.closing(group),
+        ):
             for name, cfg, folder in runs or [(config.preset, config, out)]:
+                processes = f" × {group.world} processes" if group.active else ""
                 console.print(
                     f"[bold]{cfg.preset}[/] · K={cfg.train.K} T={cfg.train.T} gradient={cfg.train.gradient} "
-                    f"· {'built-in samples' if data is None else data} · {dev} → {folder}",
+                    f"· {'built-in samples' if data is None else data} · {dev}{processes} → {folder}",
                     highlight=False,
                 )
                 nan = float("nan")
@@ -207,11 +216,15 @@ def train(
                                 task, completed=r.step, loss=r.loss, psnr=r.psnr, tau=r.tau
                             ),
                             should_stop=should_stop,
+                            group=group,
                         )
                     )
                 except TrainingDiverged as e:
-                    err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
+                    if group.is_main:
+                        err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
                     raise typer.Exit(1) from None
+        if quiet:
+            return
         if results[0].skipped:
             err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in results[0].skipped)}")
         for result in results:

@@ -19,8 +19,9 @@ import torch
 from . import checkpoint as ckpt
 from .config import Config
 from .core.hypergrad import solve
-from .core.physics import simulate
+from .core.physics import restrict_batch, simulate
 from .data import ImageFolder, derive_seed, steps_per_epoch, training_batch
+from .distributed import SINGLE, Group
 from .errors import InputError
 from .models import build_scheme
 from .plots import plot_curves
@@ -132,21 +133,27 @@ def train(
     on_step: Callable[[StepReport], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    group: Group = SINGLE,
 ) -> TrainResult:
     """Train from the initial θ (or from ``resume``) for the configured number of steps.
 
     ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
     checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as of the
-    last completed step.
+    last completed step. With a distributed ``group``, each rank trains on its share of every batch
+    and only rank 0 writes files.
     """
     from deepinv.loss.metric import PSNR
 
     t = config.train
     images = ImageFolder.open(data)
     images.check_min_size(t.crop)
+    if t.batch_size % group.world:
+        raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
     total = total_steps(config, len(images))
-    prepare_out_dir(out, force, resuming=resume is not None)
-    (out / "config.yaml").write_text(config.to_yaml())
+    main = group.is_main
+    if main:
+        prepare_out_dir(out, force, resuming=resume is not None)
+        (out / "config.yaml").write_text(config.to_yaml())
 
     torch.manual_seed(t.seed)
     scheme = build_scheme(config, device)
@@ -157,62 +164,80 @@ def train(
         ckpt.load_parameters(scheme, resume)
         _load_optimizer(optimizer, params, resume.optimizer)
         start, psnr = resume.step, resume.train_psnr
-    rows = _read_log(out / "log.csv", start)
+    rows = _read_log(out / "log.csv", start) if main else []
     names = {id(p): n for n, p in params.items()}
     metric = PSNR(max_pixel=1.0)
+    saved = start if resume is not None else None
 
     def save(step: int) -> None:
+        nonlocal saved
+        if not main:
+            return
         moments = _optimizer_tensors(optimizer, names)
-        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, moments, data)
+        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, moments, data, group.world)
+        saved = step
         steps = [int(r["step"]) for r in rows]
         plot_curves(out / "psnr.png", {config.preset: (steps, [float(r["psnr"]) for r in rows])}, title=config.preset)
 
-    if on_start:
+    if on_start and main:
         on_start(start, total)
-    log = open(out / "log.csv", "w", newline="")
-    writer = csv.DictWriter(log, LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+    log = open(out / "log.csv", "w", newline="") if main else None
+    writer = csv.DictWriter(log, LOG_FIELDS) if main else None
+    if main:
+        writer.writeheader()
+        writer.writerows(rows)
     clock = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
     done = start
     try:
         for step in range(start, total):
-            clean = training_batch(images, step, t.batch_size, t.crop, t.seed).to(device)
+            batch = training_batch(images, step, t.batch_size, t.crop, t.seed).to(device)
             with torch.no_grad():
-                observed = simulate(scheme.physics, clean, derive_seed(t.seed, "noise", step))
+                observations = simulate(scheme.physics, batch, derive_seed(t.seed, "noise", step))
+            restrict_batch(scheme.physics, slice(group.rank, None, group.world))
+            clean, observed = group.shard(batch), group.shard(observations)
             restored = solve(scheme, observed, t.K, t.T, t.gradient)
             loss = torch.mean((restored - clean) ** 2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if not (math.isfinite(loss.item()) and _all_finite(p.grad for p in params.values())):
+            grads = [p.grad for p in params.values() if p.grad is not None]
+            group.average(grads)
+            if not (math.isfinite(loss.item()) and _all_finite(grads)):
                 raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1}")
+            check = {}
+            if main and _due(step + 1, t.check_gradient_every):
+                restrict_batch(scheme.physics, slice(None))
+                simulate(scheme.physics, batch, derive_seed(t.seed, "noise", step))
+                check = _check_gradient(scheme, observations, batch, t.K)
             if t.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params.values(), t.clip_grad_norm)
-            check = _check_gradient(scheme, observed, clean, t.K) if _due(step + 1, t.check_gradient_every) else {}
             optimizer.step()
             if not _all_finite(params.values()):
                 raise TrainingDiverged(f"non-finite θ after step {step + 1}")
             done = step + 1
-            psnr = float(metric(restored.detach(), clean).mean())
+            scores = torch.stack([loss.detach(), metric(restored.detach(), clean).mean()]).to(torch.float64)
+            group.average([scores])
+            psnr = float(scores[1])
             tau = float(scheme.step_size(observed).detach())
-            report = StepReport(done, total, loss.item(), psnr, tau, time.perf_counter() - clock, **check)
-            rows.append({k: getattr(report, k) for k in LOG_FIELDS})
-            writer.writerow(rows[-1])
-            log.flush()
-            if on_step:
-                on_step(report)
+            report = StepReport(done, total, float(scores[0]), psnr, tau, time.perf_counter() - clock, **check)
+            if main:
+                rows.append({k: getattr(report, k) for k in LOG_FIELDS})
+                writer.writerow(rows[-1])
+                log.flush()
+                if on_step:
+                    on_step(report)
             if done % t.checkpoint_every == 0 or done == total:
                 save(done)
-            if should_stop and should_stop() and done < total:
+            if group.any(bool(should_stop and should_stop())) and done < total:
                 save(done)
                 raise KeyboardInterrupt
     except TrainingDiverged as e:
-        kept = f"the last finite checkpoint is {out / CHECKPOINT}" if done > 0 else "no checkpoint was written"
-        raise TrainingDiverged(f"{e}; lower --lr ({kept})") from None
+        kept = f"the last finite checkpoint is {out / CHECKPOINT} (step {saved})" if saved else "no checkpoint yet"
+        raise TrainingDiverged(f"{e}; lower --lr or use --clip-grad-norm; {kept}") from None
     except KeyboardInterrupt:
-        if done > start:
+        if done > start and saved != done:
             save(done)
         raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return TrainResult(out, out / CHECKPOINT, total, psnr, images.skipped)

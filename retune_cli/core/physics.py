@@ -56,6 +56,7 @@ class RandomInpainting(LinearPhysics):
         if not 0 < keep <= 1:
             raise ValueError("the fraction of kept pixels must be in (0, 1]")
         self.keep = keep
+        self.mask: torch.Tensor | None = None  # the full batch's, as drawn or given
         self.operator: Inpainting | None = None
 
     def draw(self, shape: torch.Size, seed: int, device: torch.device | str = "cpu") -> None:
@@ -66,6 +67,7 @@ class RandomInpainting(LinearPhysics):
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Use ``mask`` (1 = kept), of shape ``(N or 1, 1, H, W)``."""
+        self.mask = mask
         self.operator = Inpainting(img_size=tuple(mask.shape[1:]), mask=mask, device=mask.device)
 
     def _op(self) -> Inpainting:
@@ -149,6 +151,14 @@ def simulate(physics: LinearPhysics, x: torch.Tensor, seed: int, redraw: bool = 
     if redraw and isinstance(physics, RandomInpainting):
         physics.draw(x.shape, seed, x.device)
     return physics.noise_model(physics.A(x), seed=seed)
+
+
+def restrict_batch(physics: LinearPhysics, index: slice) -> None:
+    """Keep the per-image part of the operator (a mask) for the images ``index`` of the batch it was
+    drawn for; ``slice(None)`` restores the whole batch. A no-op for operators shared by all images."""
+    if isinstance(physics, RandomInpainting) and physics.mask is not None and physics.mask.shape[0] > 1:
+        mask = physics.mask
+        physics.operator = Inpainting(img_size=tuple(mask.shape[1:]), mask=mask[index], device=mask.device)
 
 
 def operator_norm(physics: LinearPhysics, like: torch.Tensor, iterations: int = 100, tol: float = 1e-7) -> float:
