@@ -115,12 +115,21 @@ def load(path: Path | str) -> Checkpoint:
     return Checkpoint(path, config, parameters, optimizer, step, psnr, data)
 
 
-PARAMETER_PREFIX = "theta."
-
-
 def learned_parameters(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores: ``theta.<name>`` for each learned tensor of ``scheme.theta``."""
-    return {PARAMETER_PREFIX + k: v for k, v in scheme.theta.state_dict().items()}
+    """The tensors a checkpoint stores: ``theta.<name>`` always, and ``denoiser.<name>`` when the
+    scheme's denoiser is being learned."""
+    out = {f"theta.{k}": v for k, v in scheme.theta.state_dict().items()}
+    denoiser = getattr(scheme, "denoiser", None)
+    if denoiser is not None and any(p.requires_grad for p in denoiser.parameters()):
+        out |= {f"denoiser.{k}": v for k, v in denoiser.state_dict().items()}
+    return out
+
+
+def _copy_into(scheme: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    for prefix in ("theta", "denoiser"):
+        part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if part:
+            getattr(scheme, prefix).load_state_dict(part)
 
 
 def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
@@ -136,4 +145,15 @@ def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
     bad = [k for k, v in checkpoint.parameters.items() if not torch.all(torch.isfinite(v))]
     if bad:
         raise InputError(f"{checkpoint.path}: tensor {bad[0]} has non-finite values")
-    scheme.theta.load_state_dict({k[len(PARAMETER_PREFIX) :]: v for k, v in checkpoint.parameters.items()})
+    _copy_into(scheme, checkpoint.parameters)
+
+
+def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Start ``scheme`` from another run's θ (and denoiser weights, when it carries them)."""
+    own = {k: v.shape for k, v in scheme.state_dict().items()}
+    tensors = {k: v for k, v in checkpoint.parameters.items() if k.startswith(("theta.", "denoiser."))}
+    if not tensors.keys() <= own.keys() or any(own[k] != v.shape for k, v in tensors.items()):
+        raise InputError(
+            f"--init {checkpoint.path}: its tensors do not fit this model ({checkpoint.config.model.name})"
+        )
+    _copy_into(scheme, tensors)

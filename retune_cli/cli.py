@@ -135,6 +135,9 @@ def train(
         typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands-channels."),
     ] = None,
     clip_grad_norm: Annotated[float | None, typer.Option(help="Clip ‖∇θ‖ to this value (0: off).")] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from another run's θ, e.g. its (σ, τ) before learning the denoiser.")
+    ] = None,
     check_gradient_every: Annotated[
         int | None, typer.Option(help="Every N steps, log cos(g, g_DEQ) and the relative error to log.csv.")
     ] = None,
@@ -160,7 +163,7 @@ def train(
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
         flags |= {"lr": lr, "gradient": gradient, "seed": seed, "check_gradient_every": check_gradient_every}
-        flags |= {"clip_grad_norm": clip_grad_norm}
+        flags |= {"clip_grad_norm": clip_grad_norm, "init": str(init.resolve()) if init else None}
         overrides = {f"train.{k}": v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
         if resume is not None:
             checkpoint = ckpt.load(resume)
@@ -397,6 +400,8 @@ def compare_grads(
             model = load_model(checkpoint, dev)
             scheme, config = model.scheme, model.config
             _check_preset(preset, config, checkpoint)
+            if config.model.learn == "denoiser":
+                raise InputError("compare-grads needs a small θ; a checkpoint that learns the denoiser has ~10⁶")
         else:
             from .models import build_scheme
 

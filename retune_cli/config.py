@@ -18,7 +18,8 @@ from .core.priors import WEIGHTS
 from .core.schemes import STEP_RULES
 from .errors import InputError
 
-MODELS = ("wavelet",)
+MODELS = ("wavelet", "pnp")
+LEARN = ("parameters", "denoiser")
 
 
 @dataclass
@@ -37,6 +38,10 @@ class ModelConfig:
     weights: str = "bands"
     init_lambda: float = 0.05
     step_rule: str = "optimal"
+    denoiser: str = "builtin"  # pnp: builtin | download | path to .pth/.safetensors
+    learn: str = "parameters"  # pnp: parameters (σ, τ) | denoiser (its weights)
+    init_sigma: float = 0.2  # pnp: initial σ of the denoiser
+    init_tau: float = 0.5  # pnp: initial step τ
 
 
 @dataclass
@@ -53,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     check_gradient_every: int = 0
     clip_grad_norm: float = 0.0  # 0: no clipping
+    init: str | None = None  # checkpoint whose θ (and denoiser weights) start the run
 
 
 @dataclass
@@ -149,11 +155,14 @@ def validate(config: Config) -> None:
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
     _check(
-        m.step_rule == "safe" or p.name == "denoise",
+        m.step_rule == "safe" or p.name == "denoise" or m.name == "pnp",
         f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
     )
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
     _check(m.init_lambda > 0, "model.init_lambda must be positive")
+    _choice(m.learn, LEARN, "model.learn")
+    _check(m.init_sigma > 0 and m.init_tau > 0, "model.init_sigma and model.init_tau must be positive")
+    _check(m.name == "pnp" or m.learn == "parameters", "model.learn=denoiser needs model.name=pnp")
     _choice(t.gradient, GRADIENTS, "train.gradient")
     for key in ("K", "T", "steps", "batch_size", "checkpoint_every"):
         _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")

@@ -23,7 +23,7 @@ from .core.physics import restrict_batch, simulate
 from .data import ImageFolder, derive_seed, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
-from .models import build_scheme
+from .models import build_scheme, trainable
 from .plots import plot_curves
 
 CHECKPOINT = "theta.safetensors"
@@ -157,9 +157,11 @@ def train(
 
     torch.manual_seed(t.seed)
     scheme = build_scheme(config, device)
-    params = dict(scheme.theta.named_parameters())
+    params = trainable(scheme)
     optimizer = torch.optim.Adam(params.values(), lr=t.lr)
     start, psnr = 0, float("nan")
+    if t.init and resume is None:
+        ckpt.load_init(scheme, ckpt.load(t.init))
     if resume is not None:
         ckpt.load_parameters(scheme, resume)
         _load_optimizer(optimizer, params, resume.optimizer)

@@ -48,7 +48,8 @@ def flatten_grads(grads, params) -> torch.Tensor:
 
 
 def theta_parameters(scheme) -> list[torch.nn.Parameter]:
-    return list(scheme.theta.parameters())
+    """The parameters being learned (those that require a gradient), in registration order."""
+    return [p for p in scheme.parameters() if p.requires_grad]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Elementary steps φ(·, θ) of the inner solvers (paper §4.1, DESIGN.md §2.1).
+"""Elementary steps φ(·, θ) of the inner solvers (paper §4.1–4.2, DESIGN.md §2.1–2.2).
 
 A scheme is an ``nn.Module`` whose parameters are θ, with four methods used by
 :mod:`retune_cli.core.hypergrad`:
@@ -13,10 +13,16 @@ Wavelet forward-backward on the coefficients ``u = θ D x`` (paper eq. 51):
 
 The approximation band is not penalized, so its scale in ``u`` is free: it is set to ``max θ`` so
 that the approximation band's curvature lies within ``[μ, L]`` and never limits the step.
+
+Plug-and-play forward-backward (paper eq. 53): ``x⁺ = D_σ(x − τ Aᵀ(A x − y))``, ``x_0 = Aᵀ y``.
+
+Both work on a domain padded to a multiple of the transform's or network's scale: for denoising
+``y`` is reflect-padded; otherwise the padded pixels are unobserved (``A`` acts on the crop).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,18 +75,44 @@ class WaveletContext:
     size: tuple[int, int]  # (H, W) of y before padding
 
 
-class WaveletFB(nn.Module):
+class PaddedForwardBackward(nn.Module):
+    """The data term ``½‖A x − y‖²`` on a domain padded to a multiple of ``multiple``."""
+
+    def __init__(self, physics, multiple: int):
+        super().__init__()
+        self.physics = physics
+        self.multiple = multiple
+
+    @property
+    def _identity(self) -> bool:
+        return is_identity(self.physics)
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise the padded
+        pixels are unobserved (``A`` acts on the crop) and ``Aᵀ y`` is zero there."""
+        if self._identity:
+            return pad_to_multiple(y, self.multiple)
+        x = self.physics.A_adjoint(y)
+        return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
+
+    def _normal(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``)."""
+        if self._identity:
+            return x
+        h, w = size
+        return self._adjoint(self.physics.A(x[..., :h, :w]))
+
+
+class WaveletFB(PaddedForwardBackward):
     """Forward-backward on weighted wavelet coefficients, for ``½‖Ax − y‖² + ‖θ D x‖_{1,2}``."""
 
     def __init__(self, physics, transform: WaveletTransform, weights: WaveletWeights, step_rule: str = "optimal"):
-        super().__init__()
+        super().__init__(physics, transform.multiple)
         if step_rule not in STEP_RULES:
             raise ValueError(f"step_rule must be one of {STEP_RULES}, not {step_rule!r}")
-        self.physics = physics
         self.transform = transform
         self.theta = weights
         self.step_rule = step_rule
-        self._identity = is_identity(physics)
 
     def _weights_and_step(self, y: torch.Tensor) -> tuple:
         """``(θ per level, max θ, τ, L, μ)`` with ``L = ‖A‖²/min θ²`` and ``μ = σ_min(A)²/max θ²``."""
@@ -96,14 +128,6 @@ class WaveletFB(nn.Module):
         """The step τ(θ) of the current weights for observations shaped like ``y``."""
         return self._weights_and_step(y)[2]
 
-    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise the padded
-        pixels are unobserved (``A`` acts on the crop) and ``Aᵀ y`` is zero there."""
-        if self._identity:
-            return pad_to_multiple(y, self.transform.multiple)
-        x = self.physics.A_adjoint(y)
-        return F.pad(x, (0, -x.shape[-1] % self.transform.multiple, 0, -x.shape[-2] % self.transform.multiple))
-
     def prepare(self, y: torch.Tensor) -> WaveletContext:
         size = tuple(y.shape[-2:])
         b = self.transform.analysis(self._adjoint(y))
@@ -118,18 +142,17 @@ class WaveletFB(nn.Module):
         """``θ⁻¹ u``: back from weighted coefficients to wavelet coefficients ``w = D x``."""
         return Coefficients(u.approx / ctx.approx_scale, tuple(d / t for t, d in zip(ctx.theta, u.details)))
 
-    def _normal(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
-        """``D Aᵀ A Dᵀ θ⁻¹ u`` (``θ⁻¹ u`` when ``A = I``)."""
+    def _coefficient_normal(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
+        """``D Aᵀ A Dᵀ θ⁻¹ u`` (``θ⁻¹ u`` when ``A = I``, since ``D`` is orthonormal)."""
         scaled = self._unweight(u, ctx)
         if self._identity:
             return scaled
-        h, w = ctx.size
-        x = self.transform.synthesis(scaled)[..., :h, :w]
-        return self.transform.analysis(self._adjoint(self.physics.A(x)))
+        x = self._normal(self.transform.synthesis(scaled), ctx.size)
+        return self.transform.analysis(x)
 
     def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
         """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation."""
-        r = self._normal(u, ctx)
+        r = self._coefficient_normal(u, ctx)
         tau, dims = ctx.tau, self.theta.group_dims
         approx = u.approx - (tau / ctx.approx_scale) * (r.approx - ctx.b.approx)
         details = tuple(
@@ -147,3 +170,56 @@ class WaveletFB(nn.Module):
     def contraction(self, ctx: WaveletContext) -> torch.Tensor:
         """``ω(τ)``, so that ``Φ_K`` is ``ω^K``-Lipschitz."""
         return contraction_factor(ctx.tau, ctx.lipschitz, ctx.strong_convexity)
+
+
+class PnPParameters(nn.Module):
+    """θ = (σ, τ) of PnP-FB — the denoiser's noise level and the step — learned as logarithms."""
+
+    def __init__(self, sigma: float, tau: float):
+        super().__init__()
+        if sigma <= 0 or tau <= 0:
+            raise ValueError("the PnP σ and τ must be positive")
+        self.log_sigma = nn.Parameter(torch.tensor([math.log(sigma)]))
+        self.log_tau = nn.Parameter(torch.tensor([math.log(tau)]))
+
+
+@dataclass
+class PnPContext:
+    aty: torch.Tensor  # Aᵀ y on the padded domain
+    sigma: torch.Tensor
+    tau: torch.Tensor
+    size: tuple[int, int]
+
+
+class PnPFB(PaddedForwardBackward):
+    """Plug-and-play forward-backward ``x⁺ = D_σ(x − τ Aᵀ(A x − y))`` with a denoiser ``D_σ(x, σ)``.
+
+    ``multiple``: the image sides the denoiser needs (8 for DRUNet's three downsamplings).
+    """
+
+    def __init__(self, physics, denoiser: nn.Module, params: PnPParameters, multiple: int = 8):
+        super().__init__(physics, multiple)
+        self.denoiser = denoiser
+        self.theta = params
+
+    def step_size(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.theta.log_tau)
+
+    def prepare(self, y: torch.Tensor) -> PnPContext:
+        sigma, tau = torch.exp(self.theta.log_sigma), torch.exp(self.theta.log_tau)
+        return PnPContext(self._adjoint(y), sigma.to(y), tau.to(y), tuple(y.shape[-2:]))
+
+    def init(self, ctx: PnPContext) -> torch.Tensor:
+        return ctx.aty
+
+    def step(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:
+        z = x - ctx.tau * (self._normal(x, ctx.size) - ctx.aty)
+        return self.denoiser(z, ctx.sigma.expand(x.shape[0]))
+
+    def output(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:
+        h, w = ctx.size
+        return x[..., :h, :w]
+
+    def contraction(self, ctx: PnPContext) -> torch.Tensor:
+        """Unknown for a network: NaN (compare-grads then reports the measured δ_K only)."""
+        return torch.tensor(float("nan"))

@@ -1,0 +1,83 @@
+"""The denoiser of plug-and-play presets: deepinv's DRUNet, with weights from one of three places.
+
+* ``builtin`` (the offline default): a small DRUNet (nc = 16, 32, 64, 128; nb = 2) shipped in
+  ``retune_cli/weights/``, trained by ``scripts/train_small_drunet.py`` on the built-in public-domain
+  photographs for Gaussian noise σ ∈ [0, 0.2]; its file's metadata records how;
+* ``download``: deepinv's pretrained colour DRUNet (needs the network once; cached by torch.hub);
+* a path to a ``.pth`` (a state dict of deepinv's default DRUNet) or ``.safetensors`` file (its
+  ``architecture`` metadata, when present, gives ``nc`` and ``nb``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+BUILTIN = "builtin"
+DOWNLOAD = "download"
+DOWNLOAD_FILE = "drunet_deepinv_color_finetune_22k.pth"
+
+
+def builtin_weights() -> Path:
+    return Path(str(resources.files("retune_cli") / "weights" / "drunet_small.safetensors"))
+
+
+def _download() -> torch.nn.Module:
+    from deepinv.models import DRUNet
+    from deepinv.models.utils import get_weights_url
+
+    try:
+        return DRUNet(3, 3, pretrained="download")
+    except (OSError, RuntimeError, ValueError) as e:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / DOWNLOAD_FILE
+        url = get_weights_url("drunet", DOWNLOAD_FILE).split("?")[0]
+        raise InputError(
+            f"cannot download the pretrained DRUNet ({type(e).__name__}); fetch {url} and save it as {target}, "
+            "or give a local file with --set model.denoiser=PATH"
+        ) from None
+
+
+def _architecture(metadata: dict | None) -> dict:
+    if metadata and "architecture" in metadata:
+        arch = json.loads(metadata["architecture"])
+        return {"nc": tuple(arch["nc"]), "nb": int(arch["nb"])}
+    return {}
+
+
+def _from_file(path: Path) -> torch.nn.Module:
+    from deepinv.models import DRUNet
+
+    if not path.is_file():
+        raise InputError(f"denoiser weights {path} do not exist; use builtin, download, or a .pth/.safetensors file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata()
+            state, arch = load_file(str(path)), _architecture(metadata)
+        else:
+            state, arch = torch.load(path, map_location="cpu", weights_only=True), {}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise InputError(f"cannot read denoiser weights {path}: {str(e).splitlines()[0]}") from None
+    model = DRUNet(3, 3, pretrained=None, **arch)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"{path} does not hold DRUNet weights of that architecture ({str(e)[:80]}…)") from None
+    return model
+
+
+def load_denoiser(spec: str) -> torch.nn.Module:
+    """A DRUNet in eval mode for ``spec`` (``builtin``, ``download`` or a file path)."""
+    if spec == DOWNLOAD:
+        model = _download()
+    else:
+        model = _from_file(builtin_weights() if spec == BUILTIN else Path(spec).expanduser())
+    return model.eval()
