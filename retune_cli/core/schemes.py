@@ -73,6 +73,7 @@ class WaveletContext:
     lipschitz: torch.Tensor
     strong_convexity: torch.Tensor
     size: tuple[int, int]  # (H, W) of y before padding
+    affine: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # A = I: the step is a ⊙ u + c
 
 
 class PaddedForwardBackward(nn.Module):
@@ -132,7 +133,12 @@ class WaveletFB(PaddedForwardBackward):
         size = tuple(y.shape[-2:])
         b = self.transform.analysis(self._adjoint(y))
         theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step(y)
-        return WaveletContext(b, theta, hi, tau, lipschitz, strong_convexity, size)
+        affine = None
+        if self._identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τ/θ²) ⊙ u + (τ/θ) ⊙ b, precomputed once
+            scales = [hi, *theta]
+            bands = [b.approx, *b.details]
+            affine = ([1 - tau / s**2 for s in scales], [(tau / s) * band for s, band in zip(scales, bands)])
+        return WaveletContext(b, theta, hi, tau, lipschitz, strong_convexity, size, affine)
 
     def init(self, ctx: WaveletContext) -> Coefficients:
         return Coefficients(ctx.approx_scale * ctx.b.approx, tuple(t * d for t, d in zip(ctx.theta, ctx.b.details)))
@@ -150,16 +156,23 @@ class WaveletFB(PaddedForwardBackward):
         x = self._normal(self.transform.synthesis(scaled), ctx.size)
         return self.transform.analysis(x)
 
+    def _gradient_step(self, u: Coefficients, ctx: WaveletContext) -> list[torch.Tensor]:
+        """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, band by band (approximation first)."""
+        bands = [u.approx, *u.details]
+        if ctx.affine is not None:
+            return [torch.addcmul(c, a, v) for a, c, v in zip(*ctx.affine, bands)]
+        r = self._coefficient_normal(u, ctx)
+        scales = [ctx.approx_scale, *ctx.theta]
+        return [
+            v - (ctx.tau / s) * (rv - bv)
+            for v, s, rv, bv in zip(bands, scales, [r.approx, *r.details], [ctx.b.approx, *ctx.b.details])
+        ]
+
     def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
         """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation."""
-        r = self._coefficient_normal(u, ctx)
-        tau, dims = ctx.tau, self.theta.group_dims
-        approx = u.approx - (tau / ctx.approx_scale) * (r.approx - ctx.b.approx)
-        details = tuple(
-            group_soft_threshold(d - (tau / t) * (rd - bd), tau, dims)
-            for d, t, rd, bd in zip(u.details, ctx.theta, r.details, ctx.b.details)
-        )
-        return Coefficients(approx, details)
+        approx, *details = self._gradient_step(u, ctx)
+        dims = self.theta.group_dims
+        return Coefficients(approx, tuple(group_soft_threshold(z, ctx.tau, dims) for z in details))
 
     def output(self, u: Coefficients, ctx: WaveletContext) -> torch.Tensor:
         """``x = Dᵀ θ⁻¹ u``, cropped back to the size of y."""

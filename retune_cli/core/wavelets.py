@@ -136,9 +136,18 @@ class WaveletTransform:
 
     def analysis(self, x: torch.Tensor) -> Coefficients:
         """``D x`` for ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of ``2**levels``."""
-        n, c, h, w = x.shape
+        h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise ValueError(f"image sides {h}×{w} are not multiples of 2**levels = {self.multiple}")
+        approx, *details = _Analysis.apply(self, x)
+        return Coefficients(approx, tuple(details))
+
+    def synthesis(self, coeffs: Coefficients) -> torch.Tensor:
+        """``Dᵀ w``: the exact adjoint (and inverse) of :meth:`analysis`."""
+        return _Synthesis.apply(self, coeffs.approx, *coeffs.details)
+
+    def _analysis(self, x: torch.Tensor) -> Coefficients:
+        n, c, h, w = x.shape
         approx = x.reshape(n * c, h, w)
         details = []
         for _ in range(self.levels):
@@ -147,11 +156,39 @@ class WaveletTransform:
             details.append(bands[:, 1:].reshape(n, c, 3, *bands.shape[-2:]))
         return Coefficients(approx.reshape(n, c, *approx.shape[-2:]), tuple(reversed(details)))
 
-    def synthesis(self, coeffs: Coefficients) -> torch.Tensor:
-        """``Dᵀ w``: the exact adjoint (and inverse) of :meth:`analysis`."""
+    def _synthesis(self, coeffs: Coefficients) -> torch.Tensor:
         n, c = coeffs.approx.shape[:2]
         x = coeffs.approx.reshape(n * c, *coeffs.approx.shape[-2:])
         for d in coeffs.details:
             bands = torch.cat((x.unsqueeze(1), d.reshape(n * c, 3, *d.shape[-2:])), dim=1)
             x = self._synthesis_level(bands)
         return x.reshape(n, c, *x.shape[-2:])
+
+
+class _Analysis(torch.autograd.Function):
+    """``D`` with the backward ``Dᵀ g``: since ``D`` is orthogonal its adjoint is the synthesis, which is
+    cheaper than differentiating the strided convolutions (and twice differentiable the same way)."""
+
+    @staticmethod
+    def forward(ctx, transform: WaveletTransform, x: torch.Tensor):
+        ctx.transform = transform
+        coeffs = transform._analysis(x)
+        return (coeffs.approx, *coeffs.details)
+
+    @staticmethod
+    def backward(ctx, approx: torch.Tensor, *details: torch.Tensor):
+        return None, ctx.transform.synthesis(Coefficients(approx, details))
+
+
+class _Synthesis(torch.autograd.Function):
+    """``Dᵀ`` with the backward ``D g`` (see :class:`_Analysis`)."""
+
+    @staticmethod
+    def forward(ctx, transform: WaveletTransform, approx: torch.Tensor, *details: torch.Tensor):
+        ctx.transform = transform
+        return transform._synthesis(Coefficients(approx, details))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        coeffs = ctx.transform.analysis(grad)
+        return (None, coeffs.approx, *coeffs.details)
