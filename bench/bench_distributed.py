@@ -56,7 +56,7 @@ def main() -> None:
         "runs": runs,
         "speedup_2_over_1": runs[0]["seconds_per_step"] / runs[1]["seconds_per_step"],
     }
-    path = write_json("distributed", result)
+    path = write_json("distributed.json", result)
     for r in runs:
         print(f"{r['processes']} process(es): {r['steps_per_second']:.2f} steps/s")
     print(f"speed-up ×{result['speedup_2_over_1']:.2f} → {path}")

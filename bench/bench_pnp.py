@@ -88,7 +88,7 @@ def main() -> None:
             cpu, cuda = results[f"cpu/{preset}"]["rows"][1], results[f"cuda/{preset}"]["rows"][1]
             results[f"speedup_cuda_over_cpu/{preset}"] = cpu["seconds_per_step"] / cuda["seconds_per_step"]
     write_json(
-        "pnp",
+        "pnp.json",
         {
             "benchmark": "PnP-FB DRUNet training step",
             "machine": machine_info(devices[-1]),
