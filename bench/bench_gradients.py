@@ -2,8 +2,8 @@
 
 θ: denoise-wavelet-bc weights perturbed from the preset's (seeded), so that Φ_K contracts at
 ω ≈ 0.84 per step (trained θ often contract slower still). Reference: the DEQ gradient solved to
-1e-12 (GMRES) at a fixed point converged to 1e-13, float64, on a --crop² crop of the built-in astronaut. For each target relative
-accuracy ε, we time (median of --rounds):
+1e-12 (GMRES) at a fixed point converged to 1e-13, float64, on a --crop² crop of the built-in
+astronaut. For each target relative accuracy ε, we time (median of --rounds):
 
 * DEQ: fixed point to ε (restarts of Φ_1 without a graph) + GMRES adjoint to ε + the θ-VJP;
 * ReTune: the cheapest (K, T) of a grid whose gradient is within ε of the reference.
