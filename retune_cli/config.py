@@ -151,6 +151,10 @@ def validate(config: Config) -> None:
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     _check(p.blur_width >= 1, "physics.blur_width must be at least 1")
+    _check(
+        p.name != "deblur" or config.train.crop >= p.blur_width,
+        f"train.crop must be at least physics.blur_width = {p.blur_width} for deblurring",
+    )
     _choice(m.name, MODELS, "model.name")
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
@@ -269,11 +273,15 @@ def for_resume(config: Config, overrides: dict[str, object], source: str) -> Con
 
 
 def parse_grid(text: str) -> dict[str, list[object]]:
-    """``"K=1,10 T=1,10"`` → ``{"train.K": [1, 10], "train.T": [1, 10]}`` (bare keys are train keys)."""
+    """``"K=1,10 T=1,10"`` → ``{"train.K": [1, 10], "train.T": [1, 10]}`` (bare keys are train keys;
+    scalar values only)."""
     grid = {}
     for item in text.split():
         key, sep, raw = item.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v]
+        try:
+            values = [yaml.safe_load(v) for v in raw.split(",") if v]
+        except yaml.YAMLError:
+            values = []
         if not sep or not key or not values:
             raise InputError(f'--grid {text!r}: write KEY=v1,v2 … separated by spaces, e.g. --grid "K=1,10 T=1,10"')
         grid[key if "." in key else f"train.{key}"] = values

@@ -21,7 +21,7 @@ import torch
 from .core.physics import simulate
 from .data import ImageFolder, derive_seed
 from .errors import InputError
-from .restore import Model, load_model, run
+from .restore import Model, check_fits, load_model, run
 
 OBSERVATION = "observation"
 METRICS = ("psnr", "ssim")
@@ -101,6 +101,7 @@ def evaluate(
         if on_image:
             on_image(i, len(images), path.name)
         clean = images[i].unsqueeze(0).to(device)
+        check_fits(models[0], clean.shape, path)
         with torch.no_grad():
             observed = simulate(models[0].scheme.physics, clean, derive_seed(seed, "eval", path.name))
         outputs = {OBSERVATION: observed} | {label: run(m, observed, T).x for label, m in zip(labels, models)}

@@ -61,6 +61,12 @@ def _timed(fn: Callable, *args) -> tuple:
     return out, time.perf_counter() - start, saved[0]
 
 
+def _at_fixed_point(gradient: Callable, scheme, y, u_hat, K: int, loss, *args):
+    """Record Φ_K at û (the part of the cost and memory that JFB and DEQ share), then ``gradient``."""
+    lin = implicit.linearize(scheme, y, u_hat, K, loss)
+    return lin, gradient(lin, *args)
+
+
 def unrolled_gradient(scheme, y: torch.Tensor, K: int, T: int, mode: str, loss) -> torch.Tensor:
     """Flat gradient of ``L(x_KT)`` with the ``retune`` or ``unrolled`` graph."""
     params = implicit.theta_parameters(scheme)
@@ -109,8 +115,9 @@ def compare_gradients(
     omega = float(scheme.contraction(ctx).detach())
 
     say("DEQ")
-    lin = implicit.linearize(scheme, y, u_hat, min(Ks), loss)
-    (g_deq, solved), seconds, saved = _timed(implicit.deq_gradient, lin, solver, tol)
+    (lin, (g_deq, solved)), seconds, saved = _timed(
+        _at_fixed_point, implicit.deq_gradient, scheme, y, u_hat, min(Ks), loss, solver, tol
+    )
     result.solver = {
         "name": solver,
         "tol": tol,
@@ -146,12 +153,11 @@ def compare_gradients(
     row("fd", None, None, fd, fd_seconds, 0)
     for K in Ks:
         say(f"K = {K}")
-        lin = implicit.linearize(scheme, y, u_hat, K, loss)
+        (lin, g_jfb), seconds, saved = _timed(_at_fixed_point, implicit.jfb_gradient, scheme, y, u_hat, K, loss)
         delta = omega**K
         a, _ = lin.loss_gradients()
         theta_norm = implicit.jacobian_theta_norm(lin)
         result.delta.append({"K": K, "theory": delta, "measured": implicit.jacobian_u_norm(lin)})
-        g_jfb, seconds, saved = _timed(implicit.jfb_gradient, lin)
         bound = implicit.lemma1_bound(delta, implicit.norm(a), theta_norm)
         row("jfb", K, None, g_jfb, seconds, saved, bound, abs_err_deq=float((g_jfb - g_deq).norm()))
         for T in Ts:

@@ -62,6 +62,15 @@ class RestoreResult:
     psnr_observation: float | None
 
 
+def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
+    """Refuse an image smaller than the blur kernel of the model's physics."""
+    physics = model.scheme.physics
+    if isinstance(physics, ChannelBlur):
+        kh, kw = physics.kernel.shape[-2:]
+        if shape[-2] < kh or shape[-1] < kw:
+            raise InputError(f"{image} is {shape[-1]}×{shape[-2]}, smaller than the {kw}×{kh} blur kernel")
+
+
 def set_operator(model: Model, shape: torch.Size, mask: Path | None, kernel: Path | None) -> bool:
     """Give the physics a known mask (image, white = kept) or blur kernel (``.npy``); True if one was set."""
     physics = model.scheme.physics
@@ -107,6 +116,7 @@ def restore_file(
     device = next(model.scheme.parameters()).device
     x = read_image(image).unsqueeze(0).to(device)
     known = set_operator(model, x.shape, mask, kernel) if simulate_seed is None or mask or kernel else False
+    check_fits(model, x.shape, image)
     clean = None
     if simulate_seed is not None:
         clean = x

@@ -23,15 +23,6 @@ WIDE = {"COLUMNS": "400"}
 TINY = ["--steps", "1", "--crop", "32", "--batch-size", "1", "--K", "2", "--T", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a busy machine (no spinning workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env=WIDE)
 
@@ -127,12 +118,6 @@ def test_train_bad_grid_exits_2(image_folder, tmp_path, grid, fragment):
     assert not out.exists() or not any(out.rglob("theta.safetensors"))
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_grid splits values on commas and then yaml.safe_load()s each piece without catching "
-    "yaml.YAMLError, so '--grid \"K=[1\"' (or any list value such as physics.sigma=[0.1,0.2,0.3]) ends in a "
-    "ParserError traceback (exit 1) instead of a one-line error (exit 2)",
-    strict=True,
-)
 @pytest.mark.parametrize("grid", ["K=[1", "physics.sigma=[0.1,0.2,0.3]"])
 def test_train_grid_with_brackets_exits_2(image_folder, tmp_path, grid):
     bad(invoke("train", "--grid", grid, *TINY, "--data", image_folder, "--out", tmp_path / "g"), "--grid")
@@ -262,12 +247,6 @@ def test_kernel_on_an_inpainting_checkpoint_exits_2(operator_runs, image_folder,
         "--kernel", "inpaint")
 
 
-@pytest.mark.xfail(
-    reason="BUG: ChannelBlur._op raises ValueError('the H×W image is smaller than the blur kernel') at the "
-    "first A(x) inside the solve; restore/train do not check the kernel against the image (or "
-    "train.crop against physics.blur_width), so the CLI ends in a traceback (exit 1), not exit 2",
-    strict=True,
-)
 @pytest.mark.parametrize("case", ["kernel larger than the image", "image smaller than the checkpoint's blur",
                                   "crop smaller than blur_width"])
 def test_blur_larger_than_the_image_exits_2(operator_runs, image_folder, tmp_path, case):

@@ -28,15 +28,6 @@ KS = (1, 2, 5, 10, 20)
 ROW_KEYS = {"method", "K", "T", "gradient", "rel_err_deq", "rel_err_fd", "cosine_deq", "bound", "seconds", "peak_bytes"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a busy machine (no spinning workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env=WIDE)
 
@@ -303,6 +294,14 @@ def test_compare_gradients_rows_and_schema(comparison):
         unrolled = [rows["unrolled", K, T]["peak_bytes"] for T in (1, 2, 3)]
         assert unrolled[0] < unrolled[1] < unrolled[2]
         assert rows["unrolled", K, 3]["peak_bytes"] > rows["retune", K, 3]["peak_bytes"]
+
+
+def test_compare_gradients_measures_the_memory_of_deq_and_jfb(comparison):
+    rows = {(r["method"], r["K"], r["T"]): r for r in comparison.rows}
+    assert rows["fd", None, None]["peak_bytes"] == 0  # no graph: right
+    for K in (1, 2):
+        assert rows["jfb", K, None]["peak_bytes"] >= rows["retune", K, 2]["peak_bytes"] // 2 > 0
+    assert rows["deq", 1, None]["peak_bytes"] > 0
 
 
 def test_compare_grads_cli_writes_json_and_plot(tmp_path, comparison):

@@ -27,15 +27,6 @@ from retune_cli.errors import InputError
 from retune_cli.models import build_scheme
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a busy machine (no spinning workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def inner(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.sum(a * b))
 
@@ -200,11 +191,6 @@ def test_operator_norm_of_a_mask():
     assert operator_norm(physics, like) == 0.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: operator_norm_bounds caches ‖A‖ per image shape in physics.__dict__['_norms'] and "
-    "ChannelBlur.set_kernel does not clear it, so a new kernel keeps the old kernel's ‖A‖ (wrong step size)",
-    strict=True,
-)
 def test_set_kernel_invalidates_the_cached_operator_norm():
     like = torch.zeros(1, 3, 12, 12, dtype=torch.float64)
     physics = build_physics("deblur", sigma=[0.05], blur_width=5)
@@ -265,12 +251,6 @@ def test_simulate_keeps_a_given_mask_without_redraw():
     assert torch.equal(simulate(physics, clean, seed=1, redraw=False), clean * mask)
 
 
-@pytest.mark.xfail(
-    reason="BUG: simulate() returns noise_model(A x), so the missing pixels of an inpainting observation hold "
-    "pure noise instead of 0 (deepinv's Inpainting.noise masks the noise; retune bypasses it): a saved "
-    "observation does not show which pixels are missing and the observation PSNR counts noise there",
-    strict=True,
-)
 def test_inpainting_observation_is_zero_exactly_where_pixels_are_missing():
     clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     physics = build_physics("inpaint", sigma=[0.05], keep=0.3)

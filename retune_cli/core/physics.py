@@ -110,6 +110,7 @@ class ChannelBlur(LinearPhysics):
             raise ValueError("a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array of finite numbers")
         self.kernel = kernel.expand(1, 3, *kernel.shape[-2:]).contiguous()
         self._operators: dict[tuple, BlurFFT] = {}
+        self._norms: dict[tuple, float] = {}  # ‖A‖ per image shape, see operator_norm_bounds
 
     def _op(self, x: torch.Tensor) -> BlurFFT:
         key = (tuple(x.shape[-3:]), x.device, x.dtype)
@@ -150,7 +151,8 @@ def simulate(physics: LinearPhysics, x: torch.Tensor, seed: int, redraw: bool = 
     are drawn from ``seed``."""
     if redraw and isinstance(physics, RandomInpainting):
         physics.draw(x.shape, seed, x.device)
-    return physics.noise_model(physics.A(x), seed=seed)
+    y = physics.noise_model(physics.A(x), seed=seed)
+    return physics.A(y) if isinstance(physics, RandomInpainting) else y  # missing pixels stay 0
 
 
 def restrict_batch(physics: LinearPhysics, index: slice) -> None:
@@ -189,7 +191,7 @@ def operator_norm_bounds(physics: LinearPhysics, like: torch.Tensor | None = Non
         return 1.0, 0.0
     if like is None:
         raise ValueError(f"the norm of {type(physics).__name__} needs an image shape")
-    cache = physics.__dict__.setdefault("_norms", {})
+    cache = physics.__dict__.setdefault("_norms", {})  # ChannelBlur resets it with its kernel
     key = tuple(like.shape[1:])
     if key not in cache:
         cache[key] = operator_norm(physics, like[:1].detach())
