@@ -174,6 +174,7 @@ def validate(config: Config) -> None:
     _check(t.check_gradient_every >= 0, "train.check_gradient_every must be 0 (never) or more")
     _check(t.crop >= 2**m.levels, f"train.crop must be at least 2**model.levels = {2**m.levels}")
     _check(t.lr > 0, "train.lr must be positive")
+    _check(0 <= t.seed < 2**63, "train.seed must be in [0, 2**63)")
     _check(t.clip_grad_norm >= 0, "train.clip_grad_norm must be 0 (off) or positive")
     try:
         import pywt
@@ -190,6 +191,8 @@ def read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a UTF-8 text file; a preset is YAML text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

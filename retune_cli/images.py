@@ -33,10 +33,21 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _png_bit_depth(path: Path) -> int:
+def _png_header(path: Path) -> tuple[int, int, int]:
+    """``(width, height, bit depth)`` from a PNG's IHDR chunk (``(0, 0, 8)`` if it is not a PNG)."""
     with open(path, "rb") as f:
         header = f.read(25)
-    return header[24] if len(header) == 25 and header[:8] == b"\x89PNG\r\n\x1a\n" else 8
+    if len(header) < 25 or header[:8] != b"\x89PNG\r\n\x1a\n":
+        return 0, 0, 8
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big"), header[24]
+
+
+def _check_pixels(width: int, height: int) -> None:
+    """Pillow's decompression-bomb guard, for the decoders that bypass Pillow (pypng, tifffile)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{width}×{height} pixels")
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -44,19 +55,25 @@ def _read_array(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return _to_rgb(np.load(path, allow_pickle=False).astype(np.float32))
-    if suffix == ".png" and _png_bit_depth(path) == 16:
+    width, height, depth = _png_header(path) if suffix == ".png" else (0, 0, 8)
+    if depth == 16:
         import png
 
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        planes = info["planes"]
-        array = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
+        _check_pixels(width, height)
+        try:
+            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+            array = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
+        except png.Error as e:
+            raise ValueError(str(e)) from None
         return _to_rgb(array.astype(np.float32) / 65535.0)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        array = tifffile.imread(path)
-        if array.dtype == np.uint16:
-            return _to_rgb(array.astype(np.float32) / 65535.0)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            _check_pixels(page.imagewidth, page.imagelength)
+            if page.dtype == np.uint16:
+                return _to_rgb(page.asarray().astype(np.float32) / 65535.0)
     from PIL import Image
 
     with Image.open(path) as im:
@@ -92,7 +109,17 @@ def write_image(path: Path | str, x: torch.Tensor, bits: int = 8) -> None:
         raise InputError(f"cannot write {path}: use a .png, .tif, .tiff or .npy file name")
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, not {bits}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, x, bits)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _write(path: Path, x: torch.Tensor, bits: int) -> None:
+    suffix = path.suffix.lower()
     array = x.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0)
     if suffix == ".npy":
         np.save(path, np.ascontiguousarray(array))

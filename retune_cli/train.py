@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,12 +71,40 @@ def _optimizer_tensors(optimizer: torch.optim.Adam, names: dict[int, str]) -> di
     return out
 
 
-def _load_optimizer(optimizer: torch.optim.Adam, params: dict[str, torch.nn.Parameter], tensors: dict) -> None:
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Adam, params: dict[str, torch.nn.Parameter], tensors: dict, source: Path
+) -> None:
+    """Restore Adam's moments, refusing a state that does not fit the parameters."""
     for name, p in params.items():
         state = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == name}
-        if state:
-            state["step"] = state["step"].to("cpu", torch.float32)
-            optimizer.state[p] = state
+        if not state:
+            continue
+        moments_fit = all(state[k].shape == p.shape for k in ("exp_avg", "exp_avg_sq") if k in state)
+        if set(state) != ADAM_STATE or not moments_fit or state["step"].numel() != 1:
+            raise InputError(
+                f"{source}: its optimizer state for {name} is incomplete or does not fit; resume is impossible"
+            )
+        state["step"] = state["step"].to("cpu", torch.float32)
+        optimizer.state[p] = state
+
+
+def _updates(optimizer: torch.optim.Adam) -> int:
+    """How many Adam steps have been applied (its own step counter), 0 before the first."""
+    counts = [int(state["step"]) for state in optimizer.state.values() if "step" in state]
+    return max(counts, default=0)
+
+
+def _start_log(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``log.csv`` with the rows kept so far, atomically (a crash never empties it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def plot_runs(path: Path, runs: dict[str, Path]) -> None:
@@ -116,11 +145,21 @@ def _all_finite(tensors) -> bool:
     return all(bool(torch.all(torch.isfinite(x))) for x in tensors if x is not None)
 
 
-def prepare_out_dir(out: Path, force: bool, resuming: bool) -> None:
-    """Refuse to overwrite an existing run unless ``force`` (or resuming into it)."""
-    if (out / CHECKPOINT).exists() and not (force or resuming):
+def prepare_out_dir(out: Path, force: bool, resuming_from: Path | None) -> None:
+    """Refuse to overwrite an existing run unless ``force`` or resuming it in place; ``force`` removes
+    the old run's checkpoint, so that no stale one is left beside the new run's files."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the run")
+    holds_run = (out / CHECKPOINT).exists() or (out / "log.csv").exists()
+    in_place = resuming_from is not None and resuming_from.resolve().parent == out.resolve()
+    if holds_run and not (force or in_place):
         raise InputError(f"{out} already holds a run; pass --force to overwrite it or --resume {out / CHECKPOINT}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the run folder {out}: {e.strerror}") from None
+    if force and not in_place and (out / CHECKPOINT).exists():
+        (out / CHECKPOINT).unlink()
 
 
 def train(
@@ -151,8 +190,10 @@ def train(
         raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
     total = total_steps(config, len(images))
     main = group.is_main
+    if resume is not None and resume.step >= total:
+        raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
     if main:
-        prepare_out_dir(out, force, resuming=resume is not None)
+        prepare_out_dir(out, force, resume.path if resume is not None else None)
         (out / "config.yaml").write_text(config.to_yaml())
 
     torch.manual_seed(t.seed)
@@ -164,9 +205,10 @@ def train(
         ckpt.load_init(scheme, ckpt.load(t.init))
     if resume is not None:
         ckpt.load_parameters(scheme, resume)
-        _load_optimizer(optimizer, params, resume.optimizer)
+        _load_optimizer(optimizer, params, resume.optimizer, resume.path)
         start, psnr = resume.step, resume.train_psnr
     rows = _read_log(out / "log.csv", start) if main else []
+    updates_at_start = _updates(optimizer)
     names = {id(p): n for n, p in params.items()}
     metric = PSNR(max_pixel=1.0)
     saved = start if resume is not None else None
@@ -183,11 +225,10 @@ def train(
 
     if on_start and main:
         on_start(start, total)
-    log = open(out / "log.csv", "w", newline="") if main else None
-    writer = csv.DictWriter(log, LOG_FIELDS) if main else None
     if main:
-        writer.writeheader()
-        writer.writerows(rows)
+        _start_log(out / "log.csv", rows)
+    log = open(out / "log.csv", "a", newline="") if main else None
+    writer = csv.DictWriter(log, LOG_FIELDS) if main else None
     clock = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
     done = start
     try:
@@ -197,7 +238,10 @@ def train(
                 observations = simulate(scheme.physics, batch, derive_seed(t.seed, "noise", step))
             restrict_batch(scheme.physics, slice(group.rank, None, group.world))
             clean, observed = group.shard(batch), group.shard(observations)
-            restored = solve(scheme, observed, t.K, t.T, t.gradient)
+            try:
+                restored = solve(scheme, observed, t.K, t.T, t.gradient)
+            except ValueError as e:  # θ so extreme that no valid step exists
+                raise TrainingDiverged(f"θ left the valid range before step {step + 1} ({e})") from None
             loss = torch.mean((restored - clean) ** 2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,13 +257,16 @@ def train(
             if t.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params.values(), t.clip_grad_norm)
             optimizer.step()
+            done = step + 1
             if not _all_finite(params.values()):
                 raise TrainingDiverged(f"non-finite θ after step {step + 1}")
-            done = step + 1
             scores = torch.stack([loss.detach(), metric(restored.detach(), clean).mean()]).to(torch.float64)
             group.average([scores])
             psnr = float(scores[1])
-            tau = float(scheme.step_size(observed).detach())
+            try:
+                tau = float(scheme.step_size(observed).detach())
+            except ValueError as e:  # θ so extreme that no valid step exists
+                raise TrainingDiverged(f"θ left the valid range after step {step + 1} ({e})") from None
             report = StepReport(done, total, float(scores[0]), psnr, tau, time.perf_counter() - clock, **check)
             if main:
                 rows.append({k: getattr(report, k) for k in LOG_FIELDS})
@@ -236,6 +283,7 @@ def train(
         kept = f"the last finite checkpoint is {out / CHECKPOINT} (step {saved})" if saved else "no checkpoint yet"
         raise TrainingDiverged(f"{e}; lower --lr or use --clip-grad-norm; {kept}") from None
     except KeyboardInterrupt:
+        done = start + _updates(optimizer) - updates_at_start  # θ as it is, even mid-step
         if done > start and saved != done:
             save(done)
         raise
