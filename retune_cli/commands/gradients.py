@@ -1,0 +1,119 @@
+"""``retune compare-grads``: hypergradients against DEQ and finite differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import (
+    DEFAULT_PRESET,
+    DEVICE_OPTION,
+    PRESET_HELP,
+    check_preset,
+    console,
+    device_from,
+    int_list,
+    user_errors,
+)
+
+EPILOG = (
+    "Examples:  retune compare-grads --K 1,5,10 --T 1,2,5,10,20 --plot errors.png   ·   "
+    "retune compare-grads --checkpoint runs/dn-b/theta.safetensors --json grads.json"
+)
+
+
+def compare_grads(
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Take θ (and the physics) from a checkpoint.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Clean image (default: the built-in astronaut).")] = None,
+    crop: Annotated[int, typer.Option(help="Side of the center crop (finite differences cost 2·d solves).")] = 64,
+    seed: Annotated[int, typer.Option(help="Noise seed, as in retune restore --simulate --seed.")] = 0,
+    K: Annotated[str, typer.Option("--K", help="Comma-separated K values.")] = "1,5,10",
+    T: Annotated[str, typer.Option("--T", help="Comma-separated T values.")] = "1,2,5,10,20",
+    dtype: Annotated[str, typer.Option(help="float64 (default, for exact comparisons) or float32.")] = "float64",
+    solver: Annotated[str, typer.Option(help="DEQ adjoint solver: gmres or fixed-point (Neumann).")] = "gmres",
+    tol: Annotated[float, typer.Option(help="Relative residual of the DEQ adjoint solve.")] = 1e-12,
+    json_: Annotated[Path | None, typer.Option("--json", help="Write all gradients and errors as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Figure: relative error against T per K, bounds dotted.")] = None,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
+) -> None:
+    """How close are ReTune, JFB and unrolled hypergradients to the exact DEQ one? (paper Lemma 1, Thm 2)"""
+    with user_errors():
+        import json
+
+        import torch
+
+        from ..config import resolve
+        from ..core.implicit import ADJOINT_SOLVERS
+        from ..errors import InputError
+        from ..gradients import compare_gradients
+        from ..plots import plot_gradient_errors
+        from ..restore import load_model
+
+        if dtype not in ("float64", "float32"):
+            raise InputError(f"--dtype must be float64 or float32, not {dtype!r}")
+        if solver not in ADJOINT_SOLVERS:
+            raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
+        Ks, Ts = int_list(K, "--K"), int_list(T, "--T")
+        dev = device_from(device)
+        if checkpoint is not None:
+            model = load_model(checkpoint, dev)
+            scheme, config = model.scheme, model.config
+            check_preset(preset, config, checkpoint)
+            if config.model.learn == "denoiser":
+                raise InputError("compare-grads needs a small θ; a checkpoint that learns the denoiser has ~10⁶")
+        else:
+            from ..models import build_scheme
+
+            config = resolve(preset or DEFAULT_PRESET)
+            scheme = build_scheme(config, dev)
+        with console.status("computing gradients…") as status:
+            result = compare_gradients(
+                scheme,
+                config,
+                image,
+                crop,
+                seed,
+                Ks,
+                Ts,
+                getattr(torch, dtype),
+                solver,
+                tol,
+                on_progress=lambda what: status.update(f"computing gradients: {what}…"),
+            )
+        console.print(_gradient_table(result))
+        s = result.solver
+        console.print(
+            f"fixed point: residual {s['fixed_point_residual']:.1e} after {s['fixed_point_restarts']} restarts · "
+            f"DEQ adjoint ({s['name']}): residual {s['residual']:.1e} in {s['iterations']} iterations",
+            highlight=False,
+        )
+        if json_:
+            json_.write_text(json.dumps(result.to_json(), indent=2))
+        if plot:
+            plot_gradient_errors(plot, result.rows)
+
+
+def _gradient_table(result) -> Table:
+    deq_norm = sum(v * v for v in result.gradients["deq"]) ** 0.5
+    deltas = " · ".join(f"K={d['K']}: {d['theory']:.3g} / {d['measured']:.3g}" for d in result.delta)
+    table = Table(title="hypergradients vs DEQ and finite differences", caption=f"δ_K theory / measured: {deltas}")
+    for name in ("method", "K", "T", "err DEQ", "err FD", "cos DEQ", "bound", "s", "MB"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for r in result.rows:
+        bound = "" if r["bound"] is None else f"{r['bound'] / deq_norm:.1e}"
+        table.add_row(
+            r["method"],
+            str(r["K"] or ""),
+            str(r["T"] or ""),
+            f"{r['rel_err_deq']:.1e}",
+            f"{r['rel_err_fd']:.1e}",
+            f"{r['cosine_deq']:.5f}",
+            bound,
+            f"{r['seconds']:.2f}",
+            f"{r['peak_bytes'] / 2**20:.1f}",
+        )
+    return table

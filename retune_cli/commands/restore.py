@@ -1,0 +1,74 @@
+"""``retune restore``: restore one image with a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import (
+    DEVICE_OPTION,
+    console,
+    device_from,
+    user_errors,
+)
+
+EPILOG = (
+    "Examples:  retune restore runs/dn-b/theta.safetensors noisy.png -o clean.png   ·   "
+    "retune restore runs/dn-b/theta.safetensors photo.png --simulate --seed 3 -o out.png --save-observation obs.png"
+    "   ·   retune restore CKPT noisy.png -o clean.npy --tol 1e-6"
+)
+
+
+def restore(
+    checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train.")],
+    image: Annotated[Path, typer.Argument(help="Degraded image (or a clean one with --simulate).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C).")
+    ] = None,
+    T: Annotated[
+        int | None, typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")
+    ] = None,
+    tol: Annotated[
+        float | None, typer.Option(help="Restart until ‖x_Kt − x_K(t−1)‖/‖x_Kt‖ ≤ tol (at most --T or 1000 restarts).")
+    ] = None,
+    simulate: Annotated[
+        bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Noise seed for --simulate.")] = 0,
+    save_observation: Annotated[
+        Path | None, typer.Option(help="Also write the degraded image (same suffix rules).")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same size.")
+    ] = None,
+    kernel: Annotated[
+        Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
+    ] = None,
+    bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
+) -> None:
+    """Restore one image with a checkpoint's model and physics, and report the residual reached."""
+    with user_errors():
+        from ..errors import InputError
+        from ..images import WRITE_SUFFIXES, write_image
+        from ..restore import load_model, restore_file
+
+        output = output or image.with_name(f"{image.stem}.restored.png")
+        for path, flag in ((output, "--output"), (save_observation, "--save-observation")):
+            if path is not None and path.suffix.lower() not in WRITE_SUFFIXES:
+                raise InputError(f"{flag} {path}: use a .png, .tif, .tiff or .npy file name")
+        if bits not in (8, 16):
+            raise InputError(f"--bits must be 8 or 16, not {bits}")
+        if (T is not None and T < 1) or (tol is not None and not tol >= 0):
+            raise InputError("--T must be at least 1 and --tol non-negative")
+        model = load_model(checkpoint, device_from(device))
+        result = restore_file(model, image, seed if simulate else None, T, tol, mask, kernel)
+        write_image(output, result.restored, bits)
+        if save_observation is not None:
+            write_image(save_observation, result.observation, bits)
+        line = f"{result.restarts} restarts of Φ_{model.config.train.K}, residual {result.residual:.2e} → {output}"
+        if result.psnr is not None:
+            line += f"\nPSNR {result.psnr:.2f} dB (observation {result.psnr_observation:.2f} dB)"
+        console.print(line, highlight=False)
