@@ -12,7 +12,11 @@ Wavelet forward-backward on the coefficients ``u = θ D x`` (paper eq. 51):
 ``u⁺ = prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ D Aᵀ(A Dᵀ θ⁻¹ u − y))``, ``x = Dᵀ θ⁻¹ u``, ``u_0 = θ D Aᵀ y``.
 
 The approximation band is not penalized, so its scale in ``u`` is free: it is set to ``max θ`` so
-that the approximation band's curvature lies within ``[μ, L]`` and never limits the step.
+that the approximation band's curvature lies within ``[μ, L]`` and never limits the step. That scale
+is a constant of the parametrization, not a function of θ for autograd (``max θ`` detached): x̂ does
+not depend on it, and a θ-dependent scale would add to the Jacobian-free gradients (JFB, ReTune) a
+spurious term ``−u_a/c²`` through the output ``x = Dᵀθ⁻¹u`` that only the exact DEQ gradient cancels
+— on the band that carries most of the image's energy.
 
 Plug-and-play forward-backward (paper eq. 53): ``x⁺ = D_σ(x − τ Aᵀ(A x − y))``, ``x_0 = Aᵀ y``.
 
@@ -133,12 +137,13 @@ class WaveletFB(PaddedForwardBackward):
         size = tuple(y.shape[-2:])
         b = self.transform.analysis(self._adjoint(y))
         theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step(y)
+        approx_scale = hi.detach()  # a constant of the parametrization: see the module docstring
         affine = None
         if self._identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τ/θ²) ⊙ u + (τ/θ) ⊙ b, precomputed once
-            scales = [hi, *theta]
+            scales = [approx_scale, *theta]
             bands = [b.approx, *b.details]
             affine = ([1 - tau / s**2 for s in scales], [(tau / s) * band for s, band in zip(scales, bands)])
-        return WaveletContext(b, theta, hi, tau, lipschitz, strong_convexity, size, affine)
+        return WaveletContext(b, theta, approx_scale, tau, lipschitz, strong_convexity, size, affine)
 
     def init(self, ctx: WaveletContext) -> Coefficients:
         return Coefficients(ctx.approx_scale * ctx.b.approx, tuple(t * d for t, d in zip(ctx.theta, ctx.b.details)))
