@@ -73,3 +73,20 @@ def trained_run(tmp_path_factory, image_folder) -> Path:
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, image_folder):
+    """``reference(n)``: the folder of an uninterrupted FAST run of ``n`` steps on ``image_folder`` (cached)."""
+    from reliability import FAST, invoke, ok
+
+    root = tmp_path_factory.mktemp("reference")
+    done = {}
+
+    def run(n: int) -> Path:
+        if n not in done:
+            ok(invoke("train", "--steps", n, *FAST, "--data", image_folder, "--out", root / f"n{n}"))
+            done[n] = root / f"n{n}"
+        return done[n]
+
+    return run
