@@ -72,12 +72,12 @@ def train(
     with user_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from .. import checkpoint as ckpt
         from ..config import for_resume, grid_configs, parse_grid, parse_set, resolve
         from ..distributed import start as start_distributed
         from ..errors import InputError
         from ..train import TrainingDiverged, plot_runs
         from ..train import train as run_training
-        from .. import checkpoint as ckpt
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
         flags |= {"lr": lr, "gradient": gradient, "seed": seed, "check_gradient_every": check_gradient_every}
