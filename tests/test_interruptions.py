@@ -304,7 +304,8 @@ def test_kill_9_at_several_moments_then_resume(image_folder, tmp_path):
         resuming = (out / "theta.safetensors").exists()
         log = out / "log.csv"
         before = os.stat(log) if log.exists() else None
-        process = _start(out, image_folder, *([] if resuming else EVERY_STEP), resume=resuming)
+        fresh = [*EVERY_STEP, "--force"]  # a killed run's log without a checkpoint is a run: --force to restart
+        process = _start(out, image_folder, *([] if resuming else fresh), resume=resuming)
         try:
             if after_training_starts:
 
