@@ -264,6 +264,11 @@ def from_yaml(text: str, source: str) -> Config:
     return _build(data, source)
 
 
+def with_overrides(config: Config, overrides: dict[str, object], source: str) -> Config:
+    """A validated copy of ``config`` with dotted keys set."""
+    return _build(apply_overrides(dataclasses.asdict(config), overrides), source)
+
+
 RESUMABLE = ("train.steps", "train.epochs")
 
 
@@ -272,7 +277,7 @@ def for_resume(config: Config, overrides: dict[str, object], source: str) -> Con
     changed = sorted(k for k in overrides if k not in RESUMABLE)
     if changed:
         raise InputError(f"--resume continues a run as configured; only --steps/--epochs may change, not {changed[0]}")
-    return _build(apply_overrides(dataclasses.asdict(config), overrides), source)
+    return with_overrides(config, overrides, source)
 
 
 def parse_grid(text: str) -> dict[str, list[object]]:
@@ -299,5 +304,5 @@ def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[st
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values))
         name = "-".join(f"{k.rpartition('.')[2]}{v}" for k, v in overrides.items())
-        runs.append((name, _build(apply_overrides(dataclasses.asdict(config), overrides), f"--grid {name}")))
+        runs.append((name, with_overrides(config, overrides, f"--grid {name}")))
     return runs

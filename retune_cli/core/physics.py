@@ -110,7 +110,7 @@ class ChannelBlur(LinearPhysics):
             raise ValueError("a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array of finite numbers")
         self.kernel = kernel.expand(1, 3, *kernel.shape[-2:]).contiguous()
         self._operators: dict[tuple, BlurFFT] = {}
-        self._norms: dict[tuple, float] = {}  # ‖A‖ per image shape, see operator_norm_bounds
+        self._norms: dict[tuple, float] = {}  # ‖A‖ per image shape
 
     def _op(self, x: torch.Tensor) -> BlurFFT:
         key = (tuple(x.shape[-3:]), x.device, x.dtype)
@@ -121,6 +121,13 @@ class ChannelBlur(LinearPhysics):
             kernel = self.kernel.to(x.device, x.dtype)
             self._operators[key] = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel, device=x.device)
         return self._operators[key]
+
+    def norm(self, like: torch.Tensor) -> float:
+        """``‖A‖₂`` for images shaped like ``like``, by power iteration once per shape and kernel."""
+        key = tuple(like.shape[1:])
+        if key not in self._norms:
+            self._norms[key] = operator_norm(self, like[:1].detach())
+        return self._norms[key]
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._op(x).A(x).to(x.dtype)
@@ -182,8 +189,8 @@ def operator_norm(physics: LinearPhysics, like: torch.Tensor, iterations: int = 
 def operator_norm_bounds(physics: LinearPhysics, like: torch.Tensor | None = None) -> tuple[float, float]:
     """``(‖A‖, a lower bound on σ_min(A))``: the extreme singular values that set the step size.
 
-    Identity: ``(1, 1)``. A mask: ``(1, 0)`` (``‖A‖ = 1`` as soon as one pixel is kept). Other
-    operators: ``‖A‖`` by power iteration, computed once per image shape, and ``0``.
+    Identity: ``(1, 1)``. A mask: ``(1, 0)`` (``‖A‖ = 1`` as soon as one pixel is kept). A blur:
+    ``‖A‖`` by power iteration (cached per image shape), and ``0``.
     """
     if is_identity(physics):
         return 1.0, 1.0
@@ -191,8 +198,5 @@ def operator_norm_bounds(physics: LinearPhysics, like: torch.Tensor | None = Non
         return 1.0, 0.0
     if like is None:
         raise ValueError(f"the norm of {type(physics).__name__} needs an image shape")
-    cache = physics.__dict__.setdefault("_norms", {})  # ChannelBlur resets it with its kernel
-    key = tuple(like.shape[1:])
-    if key not in cache:
-        cache[key] = operator_norm(physics, like[:1].detach())
-    return cache[key], 0.0
+    norm = physics.norm(like) if isinstance(physics, ChannelBlur) else operator_norm(physics, like[:1].detach())
+    return norm, 0.0
