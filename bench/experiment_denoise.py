@@ -50,7 +50,6 @@ import argparse
 import csv
 import json
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -62,7 +61,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from retune_cli import __version__  # noqa: E402
+from common import machine_info  # noqa: E402
+
 from retune_cli import checkpoint as ckpt  # noqa: E402
 from retune_cli.config import resolve  # noqa: E402
 from retune_cli.core.hypergrad import restore  # noqa: E402
@@ -179,7 +179,7 @@ def best_scalar(preset: str, observations) -> dict:
     best = max(cache.values(), key=lambda r: r["psnr"])["lambda"]
     scalar_grid(preset, observations, np.geomspace(best / ratio, best * ratio, 13), cache)
     best = max(cache.values(), key=lambda r: r["psnr"])["lambda"]
-    scalar_grid(preset, observations, np.geomspace(best / ratio**(1 / 6), best * ratio**(1 / 6), 9), cache)
+    scalar_grid(preset, observations, np.geomspace(best / ratio ** (1 / 6), best * ratio ** (1 / 6), 9), cache)
     best = max(cache.values(), key=lambda r: r["psnr"])
     # Literal check: the best λ run for the full T_EQ restarts without a tolerance gives the same PSNR.
     from deepinv.loss.metric import PSNR
@@ -333,11 +333,7 @@ def main() -> None:
                 "T_equilibrium": T_EQ,
                 "scalar_tol": SCALAR_TOL,
                 "residual_image": images.files[0].name,
-                "device": "cpu",
-                "threads": torch.get_num_threads(),
-                "retune": __version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
+                "machine": machine_info(torch.device("cpu")),
                 "total_seconds": None,
             },
             "observation": scores(eq, OBSERVATION),
@@ -369,8 +365,10 @@ def main() -> None:
 
 def print_table(doc: dict) -> None:
     s = doc["setup"]
-    print(f"\nHeld-out CBSD68 ({len(s['heldout_images'])} images), {s['steps']} Adam steps, crop {s['crop']}, "
-          f"equilibrium = T {s['T_equilibrium']}\n")
+    print(
+        f"\nHeld-out CBSD68 ({len(s['heldout_images'])} images), {s['steps']} Adam steps, crop {s['crop']}, "
+        f"equilibrium = T {s['T_equilibrium']}\n"
+    )
     print(
         "| θ | (K,T) | PSNR own T | SSIM own T | PSNR eq. | SSIM eq. | Δ eq.−own | residual own T | residual T=200 "
         "| ω^K | train s | train PSNR |"
@@ -386,8 +384,10 @@ def print_table(doc: dict) -> None:
         )
     for e in doc["initial"]:
         q = e["heldout"]["equilibrium"]
-        print(f"| initial {e['preset']} (λ={e['init_lambda']:g}) | – | | | {q['psnr']:.2f} | {q['ssim']:.4f} | | | "
-              f"{e['residual']['by_T'][str(T_EQ)]:.1e} | {e['contraction']['omega_K']:.3f} | | |")
+        print(
+            f"| initial {e['preset']} (λ={e['init_lambda']:g}) | – | | | {q['psnr']:.2f} | {q['ssim']:.4f} | | | "
+            f"{e['residual']['by_T'][str(T_EQ)]:.1e} | {e['contraction']['omega_K']:.3f} | | |"
+        )
     for preset, sc in doc["scalar"].items():
         b = sc["best"]
         print(f"| best scalar {preset} (λ={b['lambda']:.4g}) | – | | | {b['psnr']:.2f} | {b['ssim']:.4f} | | | | | | |")

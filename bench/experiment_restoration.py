@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -60,10 +59,11 @@ import torch
 
 torch.set_num_threads(1)
 
+from common import machine_info  # noqa: E402
 from experiment_denoise import DATA, learned_weights, read_log, scores, split  # noqa: E402
 from PIL import Image  # noqa: E402
+from restoration_tables import print_tables, tables  # noqa: E402
 
-from retune_cli import __version__  # noqa: E402
 from retune_cli import checkpoint as ckpt  # noqa: E402
 from retune_cli.config import resolve  # noqa: E402
 from retune_cli.core.physics import simulate  # noqa: E402
@@ -138,8 +138,11 @@ def train_run(exp: Experiment, preset: str, label: str, overrides: dict) -> dict
     reused = path.is_file() and ckpt.load(path).step == config.train.steps
     seconds = None
     if not reused:
-        print(f"  training {label}: {config.train.steps} steps, K={config.train.K}, T={config.train.T}, "
-              f"crop {config.train.crop}…", flush=True)
+        print(
+            f"  training {label}: {config.train.steps} steps, K={config.train.K}, T={config.train.T}, "
+            f"crop {config.train.crop}…",
+            flush=True,
+        )
         t0 = time.perf_counter()
         train(config, out, data=exp.train_dir, device="cpu", force=True)
         seconds = time.perf_counter() - t0
@@ -199,15 +202,21 @@ def heldout(result, label: str, T: int, K: int | None = None) -> dict:
     return out
 
 
+def train_configs(exp: Experiment, block: str, name: str, preset: str, base: dict, learned) -> dict:
+    """Train ``preset`` at every (K, T) of CONFIGS into the block's section; ``learned(path)`` records θ."""
+    section = exp.doc[block].setdefault(name, {"preset": preset, "runs": []})
+    for K, T in CONFIGS:
+        entry = train_run(exp, preset, f"{preset}_K{K}_T{T}", base | {"train.K": K, "train.T": T})
+        entry["learned"] = learned(entry["path"])
+        section["runs"].append(entry)
+        exp.stage(f"{block} {preset} K{K} T{T} trained")
+    return section
+
+
 def block_a(exp: Experiment, name: str) -> None:
     preset = f"{name}-wavelet"
     base = {"train.steps": exp.args.steps_a, "train.crop": CROP_A, "train.batch_size": BATCH, "train.seed": TRAIN_SEED}
-    section = exp.doc["A"].setdefault(name, {"preset": preset, "runs": []})
-    for K, T in CONFIGS:
-        entry = train_run(exp, preset, f"{preset}_K{K}_T{T}", base | {"train.K": K, "train.T": T})
-        entry["learned"] = learned_weights(entry["path"])
-        section["runs"].append(entry)
-        exp.stage(f"A {preset} K{K} T{T} trained")
+    section = train_configs(exp, "A", name, preset, base, learned_weights)
     section["initial"] = initial_checkpoint(exp, preset, f"{preset}_init", base)
     if name == "inpaint":
         figure = ROOT / "bench/results/grid_inpaint_wavelet.png"
@@ -225,8 +234,11 @@ def block_a(exp: Experiment, name: str) -> None:
     image = sorted(p.name for p in exp.heldout_dir.iterdir())[0]
     for e in entries:
         e["heldout"] = {"own_T": heldout(own, e["label"], e["T"]), "T100": heldout(eq, e["label"], T_EQ, e["K"])}
-        e["residual"] = {"image": image, "own_T": residual(exp, e["path"], e["T"]),
-                         "T100": residual(exp, e["path"], T_EQ)}
+        e["residual"] = {
+            "image": image,
+            "own_T": residual(exp, e["path"], e["T"]),
+            "T100": residual(exp, e["path"], T_EQ),
+        }
     exp.stage(f"A {preset} evaluated at T={T_EQ}")
 
 
@@ -252,16 +264,13 @@ def _check_same_observation(*results) -> None:
 def block_b(exp: Experiment, name: str) -> None:
     preset = f"{name}-pnp"
     base = {"train.steps": exp.args.steps_b, "train.crop": CROP_B, "train.batch_size": BATCH, "train.seed": TRAIN_SEED}
-    section = exp.doc["B"].setdefault(name, {"preset": preset, "runs": []})
-    for K, T in CONFIGS:
-        entry = train_run(exp, preset, f"{preset}_K{K}_T{T}", base | {"train.K": K, "train.T": T})
-        entry["learned"] = pnp_parameters(entry["path"])
-        section["runs"].append(entry)
-        exp.stage(f"B {preset} K{K} T{T} trained (σ={entry['learned']['sigma']:.4f}, τ={entry['learned']['tau']:.4f})")
+    section = train_configs(exp, "B", name, preset, base, pnp_parameters)
     init = section["runs"][-1]["path"]  # (10,10)
     dn = train_run(
-        exp, f"{preset}-denoiser", f"{preset}-denoiser_K10_T10", base | {"train.K": 10, "train.T": 10,
-                                                                        "train.init": str(init)}
+        exp,
+        f"{preset}-denoiser",
+        f"{preset}-denoiser_K10_T10",
+        base | {"train.K": 10, "train.T": 10, "train.init": str(init)},
     )
     dn["init"] = str(init.parent.name)
     dn["learned"] = pnp_parameters(dn["path"])
@@ -273,9 +282,12 @@ def block_b(exp: Experiment, name: str) -> None:
 
     wavelet = next(e for e in exp.doc["A"][name]["runs"] if (e["K"], e["T"]) == (10, 10))
     equal = ckpt.load(wavelet["path"]).config.physics == ckpt.load(init).config.physics
-    section["wavelet"] = {"label": wavelet["label"], "physics_equal": equal,
-                          "blockA_own_T_psnr": wavelet["heldout"]["own_T"]["psnr"],
-                          "blockA_own_T_ssim": wavelet["heldout"]["own_T"]["ssim"]}
+    section["wavelet"] = {
+        "label": wavelet["label"],
+        "physics_equal": equal,
+        "blockA_own_T_psnr": wavelet["heldout"]["own_T"]["psnr"],
+        "blockA_own_T_ssim": wavelet["heldout"]["own_T"]["ssim"],
+    }
     entries = section["runs"] + [dn, section["initial"]]
     paths = [e["path"] for e in entries] + ([wavelet["path"]] if equal else [])
     own = evaluate(paths, data=exp.heldout_dir, seed=EVAL_SEED)
@@ -291,67 +303,6 @@ def block_b(exp: Experiment, name: str) -> None:
         e["heldout"] = {"own_T": heldout(own, e["label"], e["T"])}
         e["residual"] = {"image": image, "own_T": residual(exp, e["path"], e["T"])}
     exp.stage(f"B {preset} evaluated at own T")
-
-
-def tables(doc: dict) -> None:
-    rows_a = []
-    for name, s in doc["A"].items():
-        rows_a.append({"physics": name, "row": "observation"} | s.get("observation", {}))
-        for e in [s["initial"], *s["runs"]]:
-            if "heldout" not in e:
-                continue
-            h = e["heldout"]
-            rows_a.append({
-                "physics": name,
-                "row": "initial θ" if e is s["initial"] else f"(K,T)=({e['K']},{e['T']})",
-                "psnr_own_T": h["own_T"]["psnr"], "ssim_own_T": h["own_T"]["ssim"],
-                "psnr_T100": h["T100"]["psnr"], "ssim_T100": h["T100"]["ssim"],
-                "psnr_T1000": h.get("T1000", {}).get("psnr"), "ssim_T1000": h.get("T1000", {}).get("ssim"),
-                "residual_own_T": e["residual"]["own_T"], "residual_T100": e["residual"]["T100"],
-                "residual_T1000": e["residual"].get("T1000"),
-                "train_seconds": e.get("train", {}).get("log_seconds"),
-                "train_psnr": e.get("train", {}).get("final_psnr"),
-            })
-    rows_b = []
-    for name, s in doc["B"].items():
-        if "observation" not in s:
-            continue
-        rows_b.append({"physics": name, "row": "observation"} | s["observation"])
-        for e in [s["initial"], *s["runs"], s["denoiser"]]:
-            row = ("initial (σ,τ)" if e is s["initial"] else "learned denoiser (10,10)" if e is s["denoiser"]
-                   else f"(σ,τ) (K,T)=({e['K']},{e['T']})")
-            rows_b.append({
-                "physics": name, "row": row, "psnr": e["heldout"]["own_T"]["psnr"],
-                "ssim": e["heldout"]["own_T"]["ssim"], "sigma": e["learned"]["sigma"], "tau": e["learned"]["tau"],
-                "residual_own_T": e["residual"]["own_T"], "train_seconds": e.get("train", {}).get("log_seconds"),
-                "train_psnr": e.get("train", {}).get("final_psnr"),
-            })
-        w = s["wavelet"]
-        if "heldout" in w:
-            rows_b.append({"physics": name, "row": f"wavelet {w['label']} (same call)",
-                           "psnr": w["heldout"]["own_T"]["psnr"], "ssim": w["heldout"]["own_T"]["ssim"]})
-    doc["tables"] = {"A": rows_a, "B": rows_b}
-
-
-def print_tables(doc: dict) -> None:
-    def f(x, fmt):
-        return "" if x is None else format(x, fmt)
-
-    print("\n| physics | row | PSNR own T | SSIM own T | PSNR T=100 | SSIM T=100 | PSNR T=1000 | res. own T "
-          "| res. T=100 | res. T=1000 | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in doc["tables"]["A"]:
-        if r["row"] == "observation":
-            print(f"| {r['physics']} | observation | {r['psnr']:.2f} | {r['ssim']:.4f} | | | | | | | |")
-            continue
-        print(f"| {r['physics']} | {r['row']} | {r['psnr_own_T']:.2f} | {r['ssim_own_T']:.4f} | {r['psnr_T100']:.2f} "
-              f"| {r['ssim_T100']:.4f} | {f(r['psnr_T1000'], '.2f')} | {r['residual_own_T']:.1e} | "
-              f"{r['residual_T100']:.1e} | {f(r['residual_T1000'], '.1e')} | {f(r['train_seconds'], '.0f')} |")
-    print("\n| physics | row | PSNR | SSIM | σ | τ | res. own T | train s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in doc["tables"]["B"]:
-        print(f"| {r['physics']} | {r['row']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {f(r.get('sigma'), '.4f')} | "
-              f"{f(r.get('tau'), '.4f')} | {f(r.get('residual_own_T'), '.1e')} | {f(r.get('train_seconds'), '.0f')} |")
 
 
 def main() -> None:
@@ -377,18 +328,20 @@ def main() -> None:
         "heldout_crop": f"center {HELDOUT_SIDE}×{HELDOUT_SIDE}",
         "workdir": str(exp.workdir),
         "A": {"steps": args.steps_a, "batch_size": BATCH, "crop": CROP_A, "configs": CONFIGS},
-        "B": {"steps": args.steps_b, "batch_size": BATCH, "crop": CROP_B, "configs": CONFIGS,
-              "denoiser": "builtin", "denoiser_run": "(10,10), train.init = the (10,10) (σ,τ) run"},
+        "B": {
+            "steps": args.steps_b,
+            "batch_size": BATCH,
+            "crop": CROP_B,
+            "configs": CONFIGS,
+            "denoiser": "builtin",
+            "denoiser_run": "(10,10), train.init = the (10,10) (σ,τ) run",
+        },
         "initial_checkpoint": "checkpoint.save of build_scheme(preset config) untrained, K = T = 10",
         "train_seed": TRAIN_SEED,
         "eval_seed": EVAL_SEED,
         "T_equilibrium": T_EQ,
         "T_K1_supplement": T_K1,
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "retune": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        "machine": machine_info(torch.device("cpu")),
         "total_seconds": None,
     }
     exp.stage("data ready")
