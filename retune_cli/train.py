@@ -177,8 +177,8 @@ def train(
     """Train from the initial θ (or from ``resume``) for the configured number of steps.
 
     ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
-    checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as of the
-    last completed step. With a distributed ``group``, each rank trains on its share of every batch
+    checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is,
+    labelled with the number of Adam updates actually applied. With a distributed ``group``, each rank trains on its share of every batch
     and only rank 0 writes files.
     """
     from deepinv.loss.metric import PSNR
