@@ -178,8 +178,8 @@ def train(
 
     ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
     checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is,
-    labelled with the number of Adam updates actually applied. With a distributed ``group``, each rank trains on its share of every batch
-    and only rank 0 writes files.
+    labelled with the number of Adam updates actually applied. With a distributed ``group``, each
+    rank trains on its share of every batch and only rank 0 writes files.
     """
     from deepinv.loss.metric import PSNR
 
