@@ -10,8 +10,6 @@ any moment leaves either the old or the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from . import __version__
 from .config import Config, from_yaml
 from .errors import InputError
+from .rundir import atomic_write
 
 FORMAT = "retune-checkpoint"
 FORMAT_VERSION = "1"
@@ -66,20 +65,7 @@ def save(
         "data": str(Path(data).resolve()) if data is not None else "",
         "processes": str(processes),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load(path: Path | str) -> Checkpoint:
@@ -157,3 +143,54 @@ def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
             f"--init {checkpoint.path}: its tensors do not fit this model ({checkpoint.config.model.name})"
         )
     _copy_into(scheme, tensors)
+
+
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs: the scheme (θ, denoiser), Adam and its parameters by checkpoint name."""
+
+    scheme: torch.nn.Module
+    optimizer: torch.optim.Adam
+    params: dict[str, torch.nn.Parameter]
+
+    @property
+    def updates(self) -> int:
+        """How many Adam steps have been applied (its own step counter), 0 before the first."""
+        counts = [int(state["step"]) for state in self.optimizer.state.values() if "step" in state]
+        return max(counts, default=0)
+
+    def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        """Adam's moments and step counts as ``<param name>.<state key>`` tensors."""
+        names = {id(p): n for n, p in self.params.items()}
+        return {
+            f"{names[id(p)]}.{key}": torch.as_tensor(value)
+            for p, state in self.optimizer.state.items()
+            for key, value in state.items()
+        }
+
+    def save(self, path: Path, config: Config, step: int, psnr: float, data: Path | None, processes: int) -> None:
+        save(path, config, learned_parameters(self.scheme), step, psnr, self.optimizer_tensors(), data, processes)
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        """θ (and denoiser weights) and Adam's moments from ``checkpoint``, refusing a state that does
+        not fit the parameters."""
+        load_parameters(self.scheme, checkpoint)
+        for name, p in self.params.items():
+            state = {
+                k.rsplit(".", 1)[1]: v.to(p.device)
+                for k, v in checkpoint.optimizer.items()
+                if k.rsplit(".", 1)[0] == name
+            }
+            if not state:
+                continue
+            moments_fit = all(state[k].shape == p.shape for k in ("exp_avg", "exp_avg_sq") if k in state)
+            if set(state) != ADAM_STATE or not moments_fit or state["step"].numel() != 1:
+                raise InputError(
+                    f"{checkpoint.path}: its optimizer state for {name} is incomplete or does not fit; "
+                    "resume is impossible"
+                )
+            state["step"] = state["step"].to("cpu", torch.float32)
+            self.optimizer.state[p] = state

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from .core.hypergrad import GRADIENTS
-from .core.physics import PHYSICS
+from .core.adjoint import ADJOINT_SOLVERS
+from .core.hypergrad import GRADIENT_MODES
+from .core.operators import PHYSICS
 from .core.priors import WEIGHTS
 from .core.schemes import STEP_RULES
 from .errors import InputError
 
-MODELS = ("wavelet", "pnp")
 LEARN = ("parameters", "denoiser")
 
 
@@ -48,7 +48,12 @@ class ModelConfig:
 class TrainConfig:
     K: int = 10
     T: int = 10
-    gradient: str = "retune"
+    gradient: str = "retune"  # retune | unrolled | jfb | deq
+    tol: float = 1e-4  # jfb/deq: restarts until the relative residual is below this
+    max_restarts: int = 200  # jfb/deq: at most this many restarts
+    adjoint_solver: str = "gmres"  # deq: gmres | fixed-point
+    adjoint_tol: float = 1e-6  # deq: relative residual of the adjoint solve
+    adjoint_max_iter: int = 200
     steps: int = 100
     epochs: int | None = None
     batch_size: int = 4
@@ -77,7 +82,11 @@ SECTIONS = {"physics": PhysicsConfig, "model": ModelConfig, "train": TrainConfig
 
 
 def preset_dir() -> Path:
-    return Path(str(resources.files("retune_cli") / "presets"))
+    """The built-in presets: the repository's ``presets/`` folder, installed as the package ``retune_cli.presets``."""
+    try:
+        return Path(str(resources.files("retune_cli.presets")))
+    except ModuleNotFoundError:  # a source checkout on sys.path that was never installed
+        return Path(__file__).resolve().parent.parent / "presets"
 
 
 def preset_names() -> list[str]:
@@ -140,26 +149,28 @@ def _check(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
-def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+def _choice(value: str, choices, key: str) -> None:
     _check(value in choices, f"{key} must be one of {', '.join(choices)}, not {value!r}")
 
 
-def validate(config: Config) -> None:
-    """Range and choice checks; raises :class:`InputError` naming the key."""
-    p, m, t = config.physics, config.model, config.train
+def _validate_physics(config: Config) -> None:
+    """The physics must be registered and its options in range."""
+    p = config.physics
     _choice(p.name, PHYSICS, "physics.name")
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     _check(p.blur_width >= 1, "physics.blur_width must be at least 1")
-    _check(
-        p.name != "deblur" or config.train.crop >= p.blur_width,
-        f"train.crop must be at least physics.blur_width = {p.blur_width} for deblurring",
-    )
-    _choice(m.name, MODELS, "model.name")
+
+
+def _validate_model(config: Config) -> None:
+    from .models import SCHEMES
+
+    m, p = config.model, config.physics
+    _choice(m.name, SCHEMES, "model.name")
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
     _check(
-        m.step_rule == "safe" or p.name == "denoise" or m.name == "pnp",
+        m.step_rule == "safe" or PHYSICS[p.name].injective or m.name == "pnp",
         f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
     )
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
@@ -167,15 +178,6 @@ def validate(config: Config) -> None:
     _choice(m.learn, LEARN, "model.learn")
     _check(m.init_sigma > 0 and m.init_tau > 0, "model.init_sigma and model.init_tau must be positive")
     _check(m.name == "pnp" or m.learn == "parameters", "model.learn=denoiser needs model.name=pnp")
-    _choice(t.gradient, GRADIENTS, "train.gradient")
-    for key in ("K", "T", "steps", "batch_size", "checkpoint_every"):
-        _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
-    _check(t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1")
-    _check(t.check_gradient_every >= 0, "train.check_gradient_every must be 0 (never) or more")
-    _check(t.crop >= 2**m.levels, f"train.crop must be at least 2**model.levels = {2**m.levels}")
-    _check(t.lr > 0, "train.lr must be positive")
-    _check(0 <= t.seed < 2**63, "train.seed must be in [0, 2**63)")
-    _check(t.clip_grad_norm >= 0, "train.clip_grad_norm must be 0 (off) or positive")
     try:
         import pywt
 
@@ -184,6 +186,36 @@ def validate(config: Config) -> None:
         )
     except ValueError:
         raise InputError(f"model.wavelet {m.wavelet!r} is not a PyWavelets wavelet; use db4, sym8, haar…") from None
+
+
+def _validate_train(config: Config) -> None:
+    t = config.train
+    _choice(t.gradient, GRADIENT_MODES, "train.gradient")
+    _choice(t.adjoint_solver, ADJOINT_SOLVERS, "train.adjoint_solver")
+    for key in ("K", "T", "steps", "batch_size", "checkpoint_every", "max_restarts", "adjoint_max_iter"):
+        _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
+    for key in ("tol", "adjoint_tol"):
+        _check(getattr(t, key) >= 0, f"train.{key} must be 0 or positive")
+    _check(t.epochs is None or t.epochs >= 1, "train.epochs must be at least 1")
+    _check(t.check_gradient_every >= 0, "train.check_gradient_every must be 0 (never) or more")
+    levels = config.model.levels
+    _check(t.crop >= 2**levels, f"train.crop must be at least 2**model.levels = {2**levels}")
+    _check(t.lr > 0, "train.lr must be positive")
+    _check(0 <= t.seed < 2**63, "train.seed must be in [0, 2**63)")
+    _check(t.clip_grad_norm >= 0, "train.clip_grad_norm must be 0 (off) or positive")
+
+
+def validate(config: Config) -> None:
+    """Range and choice checks; raises :class:`InputError` naming the key."""
+    _validate_physics(config)
+    _validate_model(config)
+    _validate_train(config)
+    from .models import physics_from
+
+    try:
+        physics_from(config).check_fits((1, 3, config.train.crop, config.train.crop))
+    except ValueError as e:
+        raise InputError(f"train.crop must fit physics {config.physics.name}: {e}") from None
 
 
 def read_yaml(path: Path) -> dict:
@@ -297,12 +329,13 @@ def parse_grid(text: str) -> dict[str, list[object]]:
 
 
 def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[str, Config]]:
-    """Every combination of the grid's values applied to ``config``, named like ``K1-T10``."""
+    """Every combination of the grid's values applied to ``config``, named like ``K1-T10`` (a text value
+    names itself: ``gradient=retune,deq`` gives ``retune``, ``deq``)."""
     import itertools
 
     runs = []
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values))
-        name = "-".join(f"{k.rpartition('.')[2]}{v}" for k, v in overrides.items())
+        name = "-".join(v if isinstance(v, str) else f"{k.rpartition('.')[2]}{v}" for k, v in overrides.items())
         runs.append((name, with_overrides(config, overrides, f"--grid {name}")))
     return runs

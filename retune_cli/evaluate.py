@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from .core.physics import simulate
 from .data import ImageFolder, derive_seed
 from .errors import InputError
 from .restore import Model, check_fits, load_model, run
@@ -91,9 +90,7 @@ def evaluate(
     labels = checkpoint_labels(checkpoints)
     models = [load_model(p, device) for p in checkpoints]
     _same_physics(models)
-    physics = models[0].scheme.physics
-    for m in models[1:]:
-        m.scheme.physics = physics  # one operator for all: a mask drawn per image is shared
+    physics = models[0].scheme.physics  # one observation (noise, mask) per image, shared by all models
     images = ImageFolder.open(data)
     scores = {"psnr": PSNR(max_pixel=1.0), "ssim": SSIM()}
     rows = []
@@ -103,8 +100,8 @@ def evaluate(
         clean = images[i].unsqueeze(0).to(device)
         check_fits(models[0], clean.shape, path)
         with torch.no_grad():
-            observed = simulate(models[0].scheme.physics, clean, derive_seed(seed, "eval", path.name))
-        outputs = {OBSERVATION: observed} | {label: run(m, observed, T).x for label, m in zip(labels, models)}
+            observed = physics.simulate(clean, derive_seed(seed, "eval", path.name))
+        outputs = {OBSERVATION: observed.y} | {label: run(m, observed, T).x for label, m in zip(labels, models)}
         rows.append(
             {"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()}
         )

@@ -3,6 +3,8 @@
 θ is a checkpoint's or a preset's initial one; the clean image (a built-in one by default) is
 center-cropped and degraded with the physics and ``seed`` exactly as ``retune restore --simulate``
 does. Gradients are with respect to the raw (log-domain) parameters, flattened in checkpoint order.
+Every registered gradient mode is compared: the equilibrium ones (jfb, deq) once per K, from the
+fixed point û; the others (retune, unrolled) per (K, T), from ``u_0``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch
 from .checkpoint import learned_parameters
 from .config import Config
 from .core import implicit
-from .core.hypergrad import solve
+from .core.fixed_point import fixed_point
+from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, solve
 from .core.memory import saved_tensor_bytes
-from .core.physics import simulate
+from .core.pytree import leaves, norm
 from .data import sample_dir
 from .errors import InputError
 from .images import read_image
@@ -53,6 +56,12 @@ def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return x[..., top : top + crop, left : left + crop]
 
 
+def mode_gradient(scheme, obs, options: SolveOptions, mode: str, loss, start=None) -> tuple[torch.Tensor, Solution]:
+    """The flat hypergradient of ``loss`` under gradient ``mode`` (the registry's), with its solution."""
+    solution = solve(scheme, obs, options, mode, start)
+    return implicit.flat_gradient(scheme, loss(solution.x)), solution
+
+
 def _timed(fn: Callable, *args) -> tuple:
     """``(fn(*args), seconds, bytes saved for backward)``."""
     start = time.perf_counter()
@@ -61,21 +70,79 @@ def _timed(fn: Callable, *args) -> tuple:
     return out, time.perf_counter() - start, saved[0]
 
 
-def _at_fixed_point(gradient: Callable, scheme, y, u_hat, K: int, loss, *args):
-    """Record Φ_K at û (the part of the cost and memory that JFB and DEQ share), then ``gradient``."""
-    lin = implicit.linearize(scheme, y, u_hat, K, loss)
-    return lin, gradient(lin, *args)
-
-
-def unrolled_gradient(scheme, y: torch.Tensor, K: int, T: int, mode: str, loss) -> torch.Tensor:
-    """Flat gradient of ``L(x_KT)`` with the ``retune`` or ``unrolled`` graph."""
-    params = implicit.theta_parameters(scheme)
-    grads = torch.autograd.grad(loss(solve(scheme, y, K, T, mode)), params, allow_unused=True)
-    return implicit.flatten_grads(grads, params)
-
-
 def _theta_names(scheme) -> list[str]:
     return [f"{name}[{i}]" for name, t in learned_parameters(scheme).items() for i in range(t.numel())]
+
+
+@dataclass
+class Problem:
+    """One compare-grads problem: the scheme, the observation, the loss, the fixed point û."""
+
+    scheme: torch.nn.Module
+    obs: object
+    loss: Callable
+    u0: object
+    u_hat: object
+    omega: float
+    fixed_point: dict
+
+
+def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int) -> Problem:
+    device = next(scheme.parameters()).device
+    clean = _center_crop(read_image(image or sample_dir() / DEFAULT_IMAGE), crop).unsqueeze(0).to(device, dtype)
+    with torch.no_grad():
+        obs = scheme.physics.simulate(clean, seed)
+        ctx = scheme.prepare(obs)
+        u0 = scheme.init(ctx)
+        tol = 1e-14 if dtype == torch.float64 else 1e-7
+        u_hat, stats = fixed_point(lambda u: scheme.restart(u, ctx, K), u0, tol, 100000)
+        omega = float(scheme.contraction(ctx).detach())
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return torch.mean((x - clean) ** 2)
+
+    stats_dict = {"fixed_point_residual": stats.residual, "fixed_point_restarts": stats.iterations}
+    return Problem(scheme, obs, loss, u0, u_hat, omega, stats_dict)
+
+
+class _Rows:
+    """Rows of the table, each judged against the DEQ and finite-difference gradients."""
+
+    def __init__(self, result: Comparison, g_deq: torch.Tensor, fd: torch.Tensor):
+        self.result, self.g_deq, self.fd = result, g_deq, fd
+
+    def add(self, method: str, K, T, g: torch.Tensor, seconds: float, peak: int, bound=None, **extra) -> None:
+        g_deq, fd = self.g_deq, self.fd
+        self.result.rows.append({
+            "method": method, "K": K, "T": T, "gradient": g.tolist(),
+            "rel_err_deq": float((g - g_deq).norm() / g_deq.norm()),
+            "rel_err_fd": float((g - fd).norm() / fd.norm()),
+            "cosine_deq": float(torch.nn.functional.cosine_similarity(g, g_deq, dim=0)),
+            "bound": bound, "seconds": seconds, "peak_bytes": peak, **extra,
+        })
+
+
+def _bounds(p: Problem, K: int, result: Comparison) -> float | None:
+    """δ_K in theory (ω^K) and measured, appended to ``result.delta``; the Lemma-1 bound."""
+    lin = implicit.linearize(p.scheme, p.obs, p.u_hat, K, p.loss)
+    delta = p.omega**K
+    result.delta.append({"K": K, "theory": delta, "measured": implicit.jacobian_u_norm(lin)})
+    return implicit.lemma1_bound(delta, norm(lin.loss_gradient()), implicit.jacobian_theta_norm(lin))
+
+
+def _rows_for_K(p: Problem, K: int, Ts: list[int], options: dict, rows: _Rows, result: Comparison, skip=()) -> None:
+    """The equilibrium modes once (from û), then the restart modes per T (from u_0); ``skip``: done."""
+    bound = _bounds(p, K, result)
+    distance = norm([a - b for a, b in zip(leaves(p.u_hat), leaves(p.u0))])
+    for method in (m for m, mode in GRADIENT_MODES.items() if mode.equilibrium and m not in skip):
+        o = SolveOptions(K, 1, **options)
+        (g, _), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, o, method, p.loss, p.u_hat)
+        extra = {"abs_err_deq": float((g - rows.g_deq).norm())} if method == "jfb" else {}
+        rows.add(method, K, None, g, seconds, saved, bound if method == "jfb" else None, **extra)
+    for T in Ts:
+        for method in (m for m, mode in GRADIENT_MODES.items() if not mode.equilibrium):
+            (g, _), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, SolveOptions(K, T), method, p.loss)
+            rows.add(method, K, T, g, seconds, saved, restart_term=(p.omega**K) ** T * distance)
 
 
 def compare_gradients(
@@ -91,77 +158,29 @@ def compare_gradients(
     tol: float = 1e-12,
     on_progress: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Table of DEQ, JFB, ReTune, unrolled and finite-difference hypergradients (see module doc)."""
+    """Table of every gradient mode and finite differences (see module doc)."""
     if min(Ks) < 1 or min(Ts) < 1:
         raise InputError("--K and --T values must be at least 1")
     say = on_progress or (lambda _: None)
-    scheme = scheme.to(dtype)
-    device = next(scheme.parameters()).device
-    clean = _center_crop(read_image(image or sample_dir() / DEFAULT_IMAGE), crop).unsqueeze(0).to(device, dtype)
-    with torch.no_grad():
-        y = simulate(scheme.physics, clean, seed)
-
-    def loss(x: torch.Tensor) -> torch.Tensor:
-        return torch.mean((x - clean) ** 2)
-
-    result = Comparison(_theta_names(scheme))
     say("fixed point")
-    ctx = scheme.prepare(y)
-    u0 = scheme.init(ctx)
-    u_hat, residual, restarts = implicit.fixed_point(
-        scheme, ctx, u0, max(Ks), 1e-14 if dtype == torch.float64 else 1e-7, 100000
-    )
-    distance = implicit.norm([a - b for a, b in zip(implicit.leaves(u_hat), implicit.leaves(u0))])
-    omega = float(scheme.contraction(ctx).detach())
-
+    p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks))
+    result = Comparison(_theta_names(p.scheme))
+    options = {"tol": 1e-14 if dtype == torch.float64 else 1e-7, "max_restarts": 100000,
+               "adjoint_solver": solver, "adjoint_tol": tol, "adjoint_max_iter": 1000}
     say("DEQ")
-    (lin, (g_deq, solved)), seconds, saved = _timed(
-        _at_fixed_point, implicit.deq_gradient, scheme, y, u_hat, min(Ks), loss, solver, tol
-    )
-    result.solver = {
-        "name": solver,
-        "tol": tol,
-        "residual": solved.residual,
-        "iterations": solved.iterations,
-        "fixed_point_residual": residual,
-        "fixed_point_restarts": restarts,
-    }
+    o = SolveOptions(min(Ks), 1, **options)
+    (g_deq, solved), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, o, "deq", p.loss, p.u_hat)
+    result.solver = {"name": solver, "tol": tol, "residual": solved.adjoint.residual,
+                     "iterations": solved.adjoint.iterations, **p.fixed_point}
     say("finite differences")
     start = time.perf_counter()
-    fd = implicit.finite_difference_gradient(scheme, y, max(Ks), loss).to(g_deq)
+    fd = implicit.finite_difference_gradient(p.scheme, p.obs, max(Ks), p.loss).to(g_deq)
     fd_seconds = time.perf_counter() - start
     result.gradients = {"deq": g_deq.tolist(), "fd": fd.tolist()}
-
-    def row(method: str, K, T, g: torch.Tensor, seconds: float, peak: int, bound=None, **extra) -> None:
-        result.rows.append(
-            {
-                "method": method,
-                "K": K,
-                "T": T,
-                "gradient": g.tolist(),
-                "rel_err_deq": float((g - g_deq).norm() / g_deq.norm()),
-                "rel_err_fd": float((g - fd).norm() / fd.norm()),
-                "cosine_deq": float(torch.nn.functional.cosine_similarity(g, g_deq, dim=0)),
-                "bound": bound,
-                "seconds": seconds,
-                "peak_bytes": peak,
-                **extra,
-            }
-        )
-
-    row("deq", min(Ks), None, g_deq, seconds, saved)
-    row("fd", None, None, fd, fd_seconds, 0)
+    rows = _Rows(result, g_deq, fd)
+    rows.add("deq", min(Ks), None, g_deq, seconds, saved)
+    rows.add("fd", None, None, fd, fd_seconds, 0)
     for K in Ks:
         say(f"K = {K}")
-        (lin, g_jfb), seconds, saved = _timed(_at_fixed_point, implicit.jfb_gradient, scheme, y, u_hat, K, loss)
-        delta = omega**K
-        a, _ = lin.loss_gradients()
-        theta_norm = implicit.jacobian_theta_norm(lin)
-        result.delta.append({"K": K, "theory": delta, "measured": implicit.jacobian_u_norm(lin)})
-        bound = implicit.lemma1_bound(delta, implicit.norm(a), theta_norm)
-        row("jfb", K, None, g_jfb, seconds, saved, bound, abs_err_deq=float((g_jfb - g_deq).norm()))
-        for T in Ts:
-            for method in ("retune", "unrolled"):
-                g, seconds, saved = _timed(unrolled_gradient, scheme, y, K, T, method, loss)
-                row(method, K, T, g, seconds, saved, restart_term=delta**T * distance)
+        _rows_for_K(p, K, list(Ts), options, rows, result, skip=("deq",) if K == min(Ks) else ())
     return result

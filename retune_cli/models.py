@@ -1,37 +1,66 @@
-"""Config → engine objects: the physics and the scheme whose parameters are θ."""
+"""Config → engine objects: the physics, the scheme whose parameters are θ, the solve options.
+
+Schemes are registered by ``model.name`` (:data:`SCHEMES`), physics by ``physics.name``
+(:data:`~.core.operators.PHYSICS`), gradient modes by ``train.gradient``
+(:data:`~.core.hypergrad.GRADIENT_MODES`): adding one is a class and a registry entry.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from .config import Config
-from .core.physics import build_physics
-from .core.priors import WaveletWeights
-from .core.schemes import PnPFB, PnPParameters, WaveletFB
-from .core.wavelets import WaveletTransform
+from .config import Config, TrainConfig
+from .core.hypergrad import SolveOptions
+from .core.operators import build_physics
+from .core.physics import Physics
+from .core.scheme import Scheme
 from .errors import InputError
 
 CHANNELS = 3  # images are read as RGB
 
 
-def build_scheme(config: Config, device: torch.device | str = "cpu") -> WaveletFB | PnPFB:
-    """The inner solver described by ``config``, with θ at its initial value, on ``device``.
-
-    For PnP, what is not learned is frozen: the denoiser when learning (σ, τ), (σ, τ) when learning
-    the denoiser.
-    """
-    m = config.model
+def physics_from(config: Config) -> Physics:
+    """The degradation of ``config.physics`` (the registry picks the options its class takes)."""
     p = config.physics
-    physics = build_physics(p.name, p.sigma, keep=p.keep, blur_width=p.blur_width)
-    if m.name == "pnp":
-        from .denoisers import load_denoiser
+    return build_physics(p.name, p.sigma, keep=p.keep, blur_width=p.blur_width)
 
-        scheme = PnPFB(physics, load_denoiser(m.denoiser), PnPParameters(m.init_sigma, m.init_tau))
-        (scheme.denoiser if m.learn == "parameters" else scheme.theta).requires_grad_(False)
-        return scheme.to(device)
+
+def _wavelet(config: Config, physics: Physics) -> Scheme:
+    from .core.priors import WaveletWeights
+    from .core.schemes import WaveletFB
+    from .core.wavelets import WaveletTransform
+
+    m = config.model
     weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
-    scheme = WaveletFB(physics, WaveletTransform(m.wavelet, m.levels), weights, m.step_rule)
-    return scheme.to(device)
+    return WaveletFB(physics, WaveletTransform(m.wavelet, m.levels), weights, m.step_rule)
+
+
+def _pnp(config: Config, physics: Physics) -> Scheme:
+    """PnP-FB; what is not learned is frozen: the denoiser when learning (σ, τ), (σ, τ) when learning
+    the denoiser."""
+    from .core.schemes import PnPFB, PnPParameters
+    from .denoisers import load_denoiser
+
+    m = config.model
+    scheme = PnPFB(physics, load_denoiser(m.denoiser), PnPParameters(m.init_sigma, m.init_tau))
+    (scheme.denoiser if m.learn == "parameters" else scheme.theta).requires_grad_(False)
+    return scheme
+
+
+SCHEMES: dict[str, Callable[[Config, Physics], Scheme]] = {"wavelet": _wavelet, "pnp": _pnp}
+
+
+def build_scheme(config: Config, device: torch.device | str = "cpu") -> Scheme:
+    """The inner solver described by ``config``, with θ at its initial value, on ``device``."""
+    return SCHEMES[config.model.name](config, physics_from(config)).to(device)
+
+
+def solve_options(train: TrainConfig, **changes) -> SolveOptions:
+    """The engine's options from ``train.K``, ``train.T``, ``train.tol``, … (``changes`` override)."""
+    keys = ("K", "T", "tol", "max_restarts", "adjoint_solver", "adjoint_tol", "adjoint_max_iter")
+    return SolveOptions(**({k: getattr(train, k) for k in keys} | changes))
 
 
 def trainable(scheme: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

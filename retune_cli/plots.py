@@ -6,26 +6,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-def _figure():
+def _figure(panels: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(6, 4), dpi=120)
+    return plt.subplots(1, panels, figsize=(6 * panels, 4), dpi=120, squeeze=panels == 1)
 
 
 def _save(fig, path: Path) -> None:
-    """Write atomically (temporary file, then rename); the suffix gives the format."""
-    import os
-
+    """Write atomically (:func:`~retune_cli.rundir.atomic_write`); the suffix gives the format."""
     import matplotlib.pyplot as plt
 
+    from .rundir import atomic_write
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(
@@ -46,6 +46,22 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
+    _save(fig, path)
+
+
+def plot_curve_panels(path: Path, runs: Mapping[str, Mapping[str, Sequence[float]]],
+                      ylabel: str = "train PSNR (dB)") -> None:
+    """Runs (label → ``{"step", "seconds", "psnr"}`` series) as PSNR against steps (left) and against
+    wall-clock seconds (right), one line per run in both panels."""
+    fig, axes = _figure(2)
+    for ax, x in zip(axes[0], ("step", "seconds")):
+        for label, series in runs.items():
+            ax.plot(series[x], series["psnr"], label=label, linewidth=1.5)
+        ax.set_xlabel("step" if x == "step" else "wall-clock seconds")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        axes[0][0].legend()
     _save(fig, path)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .core.hypergrad import FixedPoint, restore
-from .core.physics import ChannelBlur, RandomInpainting, simulate
+from .core.hypergrad import Solution, restore
+from .core.physics import Observation, Params
 from .errors import InputError
 from .images import read_image
 from .models import build_scheme
@@ -29,6 +29,10 @@ class Model:
     def config(self):
         return self.checkpoint.config
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.scheme.parameters()).device
+
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> Model:
     checkpoint = ckpt.load(path)
@@ -46,10 +50,10 @@ def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int,
     return (T or MAX_RESTARTS_WITH_TOL), tol
 
 
-def run(model: Model, y: torch.Tensor, T: int | None = None, tol: float | None = None) -> FixedPoint:
-    """Restore a batch ``y (N, 3, H, W)`` with the model's K and the restart budget."""
+def run(model: Model, obs: Observation, T: int | None = None, tol: float | None = None) -> Solution:
+    """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget."""
     max_restarts, tolerance = restart_budget(model, T, tol)
-    return restore(model.scheme, y, model.config.train.K, max_restarts, tolerance)
+    return restore(model.scheme, obs, model.config.train.K, max_restarts, tolerance)
 
 
 @dataclass(frozen=True)
@@ -63,41 +67,42 @@ class RestoreResult:
 
 
 def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
-    """Refuse an image smaller than the blur kernel of the model's physics."""
-    physics = model.scheme.physics
-    if isinstance(physics, ChannelBlur):
-        kh, kw = physics.kernel.shape[-2:]
-        if shape[-2] < kh or shape[-1] < kw:
-            raise InputError(f"{image} is {shape[-1]}×{shape[-2]}, smaller than the {kw}×{kh} blur kernel")
+    """Refuse an image that the model's physics cannot observe (e.g. smaller than its blur kernel)."""
+    try:
+        model.scheme.physics.check_fits(shape)
+    except ValueError as e:
+        raise InputError(f"{image}: {e}") from None
 
 
-def set_operator(model: Model, shape: torch.Size, mask: Path | None, kernel: Path | None) -> bool:
-    """Give the physics a known mask (image, white = kept) or blur kernel (``.npy``); True if one was set."""
+def _read_operator(path: Path, reads: str) -> torch.Tensor:
+    if reads == "image":
+        return read_image(path)
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+    except (OSError, ValueError) as e:
+        raise ValueError(str(e).splitlines()[0] or "not a .npy array") from None
+
+
+def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | None]) -> Params | None:
+    """The physics' parameters from a user's file (``{"mask": path, "kernel": path}``, as the flags),
+    or None when none is given; the physics says which flag it takes and how it reads it."""
     physics = model.scheme.physics
-    if mask is not None:
-        if not isinstance(physics, RandomInpainting):
+    given = {flag: path for flag, path in operators.items() if path is not None}
+    spec = physics.user_operator
+    for flag in given:
+        if spec is None or flag != spec.flag:
             raise InputError(
-                f"--mask is for inpainting checkpoints; {model.checkpoint.path} is {model.config.physics.name}"
+                f"--{flag} does not apply to {model.checkpoint.path}, whose physics is {physics.name}"
+                + (f"; it takes --{spec.flag} ({spec.meaning})" if spec else "")
             )
-        m = read_image(mask)[:1].unsqueeze(0)
-        if m.shape[-2:] != shape[-2:]:
-            raise InputError(f"--mask {mask} is {m.shape[-1]}×{m.shape[-2]}, the image {shape[-1]}×{shape[-2]}")
-        physics.set_mask((m > 0.5).to(next(model.scheme.parameters()).device, torch.float32))
-        return True
-    if kernel is not None:
-        if not isinstance(physics, ChannelBlur):
-            raise InputError(
-                f"--kernel is for deblurring checkpoints; {model.checkpoint.path} is {model.config.physics.name}"
-            )
-        try:
-            array = np.load(kernel, allow_pickle=False)
-            physics.set_kernel(torch.from_numpy(array.astype(np.float32)))
-        except (OSError, ValueError) as e:
-            raise InputError(f"--kernel {kernel}: {str(e).splitlines()[0]}") from None
-        return True
-    if isinstance(physics, RandomInpainting):
-        raise InputError("this checkpoint inpaints: give --mask FILE (white = known pixels), or --simulate")
-    return False
+    if not given:
+        return None
+    path = given[spec.flag]
+    try:
+        params = physics.operator_params(_read_operator(path, spec.reads), shape)
+    except ValueError as e:
+        raise InputError(f"--{spec.flag} {path}: {e}") from None
+    return {k: v.to(model.device) for k, v in params.items()}
 
 
 def restore_file(
@@ -106,25 +111,30 @@ def restore_file(
     simulate_seed: int | None = None,
     T: int | None = None,
     tol: float | None = None,
-    mask: Path | None = None,
-    kernel: Path | None = None,
+    operators: dict[str, Path | None] | None = None,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
-    given mask or kernel, else with the checkpoint's, drawn from the seed)."""
+    given mask or kernel, else with the checkpoint's physics' own, drawn from the seed)."""
     from deepinv.loss.metric import PSNR
 
-    device = next(model.scheme.parameters()).device
-    x = read_image(image).unsqueeze(0).to(device)
-    known = set_operator(model, x.shape, mask, kernel) if simulate_seed is None or mask or kernel else False
+    physics = model.scheme.physics
+    x = read_image(image).unsqueeze(0).to(model.device)
+    params = user_operator(model, x.shape, operators or {})
     check_fits(model, x.shape, image)
     clean = None
     if simulate_seed is not None:
         clean = x
         with torch.no_grad():
-            x = simulate(model.scheme.physics, clean, simulate_seed, redraw=not known)
-    result = run(model, x, T, tol)
+            obs = physics.simulate(clean, simulate_seed, params)
+    elif params is None and physics.needs_user_operator:
+        spec = physics.user_operator
+        raise InputError(f"this checkpoint's physics is {physics.name}: give --{spec.flag} FILE ({spec.meaning}), "
+                         "or --simulate")
+    else:
+        obs = Observation(x, params or {})
+    result = run(model, obs, T, tol)
     psnr = psnr_obs = None
     if clean is not None:
         metric = PSNR(max_pixel=1.0)
-        psnr, psnr_obs = float(metric(result.x, clean)), float(metric(x, clean))
-    return RestoreResult(result.x[0], x[0], result.restarts, result.residual, psnr, psnr_obs)
+        psnr, psnr_obs = float(metric(result.x, clean)), float(metric(obs.y, clean))
+    return RestoreResult(result.x[0], obs.y[0], result.restarts, result.residual, psnr, psnr_obs)

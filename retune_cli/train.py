@@ -1,15 +1,14 @@
-"""Training workflow: learn θ by Adam on ``L = MSE(x_KT(θ), x̄)`` with the chosen hypergradient.
+"""Training workflow: learn θ by Adam on ``L = MSE(x(θ), x̄)`` with the configured gradient mode.
 
-Writes into the run folder: ``theta.safetensors`` (latest checkpoint), ``config.yaml`` (resolved),
-``log.csv`` (one row per step) and ``psnr.png`` (train PSNR curve). Progress is reported through a
-callback; nothing here prints.
+Writes into the run folder (:class:`~.rundir.RunDir`): ``theta.safetensors`` (latest checkpoint),
+``config.yaml`` (resolved), ``log.csv`` (one row per step) and ``psnr.png`` (train PSNR curve).
+Progress is reported through a callback; nothing here prints. :func:`train_step` is the one step
+(solve, backpropagate, average across processes, clip, Adam) that benchmarks time as well.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,16 +18,13 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config
-from .core.hypergrad import solve
-from .core.physics import restrict_batch, simulate
+from .core.hypergrad import Solution, SolveOptions, solve
+from .core.physics import Observation
 from .data import ImageFolder, derive_seed, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
-from .models import build_scheme, trainable
-from .plots import plot_curves
-
-CHECKPOINT = "theta.safetensors"
-LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "grad_cosine", "grad_rel_err")
+from .models import build_scheme, solve_options, trainable
+from .rundir import LOG_FIELDS, RunDir
 
 
 class TrainingDiverged(Exception):
@@ -43,8 +39,10 @@ class StepReport:
     psnr: float
     tau: float
     seconds: float
-    grad_cosine: float | None = None  # cos(g^R, g_DEQ), every check_gradient_every steps
-    grad_rel_err: float | None = None  # ‖g^R − g_DEQ‖ / ‖g_DEQ‖
+    restarts: int = 0  # restarts of Φ_K in this step's solve
+    residual: float = float("nan")  # relative residual of its last restart
+    grad_cosine: float | None = None  # cos(g, g_DEQ), every check_gradient_every steps
+    grad_rel_err: float | None = None  # ‖g − g_DEQ‖ / ‖g_DEQ‖
 
 
 @dataclass(frozen=True)
@@ -56,110 +54,162 @@ class TrainResult:
     skipped: list[Path]
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one :func:`train_step` computed: the (rank-averaged) loss and PSNR and the solve."""
+
+    loss: float
+    psnr: float
+    solution: Solution
+    check: dict
+
+
 def total_steps(config: Config, n_images: int) -> int:
     """``--epochs`` (over the images, in batches) when given, else ``--steps``."""
     t = config.train
     return t.epochs * steps_per_epoch(n_images, t.batch_size) if t.epochs else t.steps
 
 
-def _optimizer_tensors(optimizer: torch.optim.Adam, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    """Adam's moments and step counts as ``<param name>.<state key>`` tensors."""
-    out = {}
-    for p, state in optimizer.state.items():
-        for key, value in state.items():
-            out[f"{names[id(p)]}.{key}"] = torch.as_tensor(value)
-    return out
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.all(torch.isfinite(x))) for x in tensors if x is not None)
 
 
-ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+def _psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR of a batch (deepinv's metric, peak 1)."""
+    from deepinv.loss.metric import PSNR
+
+    return PSNR(max_pixel=1.0)(x, clean).mean()
 
 
-def _load_optimizer(
-    optimizer: torch.optim.Adam, params: dict[str, torch.nn.Parameter], tensors: dict, source: Path
-) -> None:
-    """Restore Adam's moments, refusing a state that does not fit the parameters."""
-    for name, p in params.items():
-        state = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == name}
-        if not state:
-            continue
-        moments_fit = all(state[k].shape == p.shape for k in ("exp_avg", "exp_avg_sq") if k in state)
-        if set(state) != ADAM_STATE or not moments_fit or state["step"].numel() != 1:
-            raise InputError(
-                f"{source}: its optimizer state for {name} is incomplete or does not fit; resume is impossible"
-            )
-        state["step"] = state["step"].to("cpu", torch.float32)
-        optimizer.state[p] = state
-
-
-def _updates(optimizer: torch.optim.Adam) -> int:
-    """How many Adam steps have been applied (its own step counter), 0 before the first."""
-    counts = [int(state["step"]) for state in optimizer.state.values() if "step" in state]
-    return max(counts, default=0)
-
-
-def _start_log(path: Path, rows: list[dict]) -> None:
-    """Rewrite ``log.csv`` with the rows kept so far, atomically (a crash never empties it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def plot_runs(path: Path, runs: dict[str, Path]) -> None:
-    """One figure of the train PSNR curves of several run folders (label → folder)."""
-    curves = {}
-    for label, folder in runs.items():
-        rows = _read_log(folder / "log.csv", until=10**12)
-        curves[label] = ([int(r["step"]) for r in rows], [float(r["psnr"]) for r in rows])
-    plot_curves(path, curves)
-
-
-def _read_log(path: Path, until: int) -> list[dict]:
-    """Rows of an existing log up to step ``until`` (a resumed run continues from there)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) <= until]
-
-
-def _due(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
-
-
-def _check_gradient(scheme, observed: torch.Tensor, clean: torch.Tensor, K: int) -> dict[str, float]:
+def gradient_check(scheme, obs: Observation, clean: torch.Tensor, K: int) -> dict[str, float]:
     """Compare the gradient just computed (in ``.grad``) with the DEQ one at the same θ and batch."""
-    from .core.implicit import deq_at_equilibrium, flatten_grads, theta_parameters
+    from .core.implicit import flat_gradient, flatten_grads, theta_parameters
 
     params = theta_parameters(scheme)
     ours = flatten_grads([p.grad for p in params], params).detach().clone()
-    deq = deq_at_equilibrium(scheme, observed, K, lambda x: torch.mean((x - clean) ** 2)).detach()
+    options = SolveOptions(K, 1, tol=1e-6, max_restarts=500, adjoint_tol=1e-6, adjoint_max_iter=500)
+    deq = flat_gradient(scheme, torch.mean((solve(scheme, obs, options, "deq").x - clean) ** 2)).detach()
     return {
         "grad_cosine": float(torch.nn.functional.cosine_similarity(ours, deq, dim=0)),
         "grad_rel_err": float((ours - deq).norm() / deq.norm().clamp_min(1e-30)),
     }
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.all(torch.isfinite(x))) for x in tensors if x is not None)
-
-
-def prepare_out_dir(out: Path, force: bool, resuming_from: Path | None) -> None:
-    """Refuse to overwrite an existing run unless ``force`` or resuming it in place; ``force`` removes
-    the old run's checkpoint, so that no stale one is left beside the new run's files."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the run")
-    holds_run = (out / CHECKPOINT).exists() or (out / "log.csv").exists()
-    in_place = resuming_from is not None and resuming_from.resolve().parent == out.resolve()
-    if holds_run and not (force or in_place):
-        raise InputError(f"{out} already holds a run; pass --force to overwrite it or --resume {out / CHECKPOINT}")
+def train_step(
+    state: ckpt.TrainState,
+    clean: torch.Tensor,
+    obs: Observation,
+    options: SolveOptions,
+    mode: str = "retune",
+    group: Group = SINGLE,
+    clip_grad_norm: float = 0.0,
+    before_update: Callable[[], dict] | None = None,
+) -> StepOutcome:
+    """One Adam step on ``L = mean((x(θ) − x̄)²)`` over this rank's images, gradient of ``mode``
+    averaged over the ranks; ``before_update`` runs between backpropagation and clipping."""
+    scheme, optimizer = state.scheme, state.optimizer
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the run folder {out}: {e.strerror}") from None
-    if force and not in_place and (out / CHECKPOINT).exists():
-        (out / CHECKPOINT).unlink()
+        solution = solve(scheme, obs, options, mode)
+    except ValueError as e:  # θ so extreme that no valid step exists
+        raise TrainingDiverged(f"θ left the valid range ({e})") from None
+    loss = torch.mean((solution.x - clean) ** 2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in state.params.values() if p.grad is not None]
+    group.average(grads)
+    if not (math.isfinite(loss.item()) and _all_finite(grads)):
+        raise TrainingDiverged("non-finite loss or gradient")
+    check = before_update() if before_update else {}
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(state.params.values(), clip_grad_norm)
+    optimizer.step()
+    if not _all_finite(state.params.values()):
+        raise TrainingDiverged("non-finite θ")
+    scores = torch.stack([loss.detach(), _psnr(solution.x.detach(), clean)]).to(torch.float64)
+    group.average([scores])
+    return StepOutcome(float(scores[0]), float(scores[1]), solution, check)
+
+
+def new_state(config: Config, device: torch.device | str, resume: ckpt.Checkpoint | None) -> ckpt.TrainState:
+    """The scheme at its initial θ (or ``train.init``'s, or the resumed run's) and Adam."""
+    torch.manual_seed(config.train.seed)
+    scheme = build_scheme(config, device)
+    params = trainable(scheme)
+    state = ckpt.TrainState(scheme, torch.optim.Adam(params.values(), lr=config.train.lr), params)
+    if config.train.init and resume is None:
+        ckpt.load_init(scheme, ckpt.load(config.train.init))
+    if resume is not None:
+        state.load(resume)
+    return state
+
+
+@dataclass
+class _Run:
+    """The mutable progress of one training run (what a save or an interruption needs)."""
+
+    config: Config
+    state: ckpt.TrainState
+    run: RunDir
+    data: Path | None
+    group: Group
+    start: int
+    rows: list[dict]
+    psnr: float = float("nan")
+    saved: int | None = None
+
+    def save(self, step: int) -> None:
+        if not self.group.is_main:
+            return
+        self.state.save(self.run.checkpoint, self.config, step, self.psnr, self.data, self.group.world)
+        self.saved = step
+        self.run.plot(self.config.preset, self.rows)
+
+
+def _batch(images: ImageFolder, physics, config: Config, step: int, device, group: Group):
+    """This step's clean crops and their observation (the global batch, and this rank's share)."""
+    t = config.train
+    batch = training_batch(images, step, t.batch_size, t.crop, t.seed).to(device)
+    with torch.no_grad():
+        obs = physics.simulate(batch, derive_seed(t.seed, "noise", step))
+    return batch, obs, group.shard(batch), obs.shard(group.rank, group.world)
+
+
+def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock: float) -> StepReport:
+    """Train step ``step`` (0-based) and report it; the DEQ check uses the whole batch on rank 0."""
+    t = r.config.train
+    scheme = r.state.scheme
+    batch, obs, clean, shard = _batch(images, scheme.physics, r.config, step, device, r.group)
+    due = r.group.is_main and t.check_gradient_every > 0 and (step + 1) % t.check_gradient_every == 0
+    outcome = train_step(
+        r.state, clean, shard, solve_options(t), t.gradient, r.group, t.clip_grad_norm,
+        (lambda: gradient_check(scheme, obs, batch, t.K)) if due else None,
+    )
+    r.psnr = outcome.psnr
+    try:
+        tau = float(scheme.step_size(shard).detach())
+    except ValueError as e:  # θ so extreme that no valid step exists
+        raise TrainingDiverged(f"θ left the valid range ({e})") from None
+    s = outcome.solution
+    return StepReport(step + 1, total, outcome.loss, outcome.psnr, tau, time.perf_counter() - clock,
+                      s.restarts, s.residual, **outcome.check)
+
+
+def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint | None, force: bool,
+          group: Group) -> tuple[ImageFolder, int, RunDir]:
+    """Validate the data and the run folder (before anything is written), then prepare the folder."""
+    t = config.train
+    images = ImageFolder.open(data)
+    images.check_min_size(t.crop)
+    if t.batch_size % group.world:
+        raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
+    total = total_steps(config, len(images))
+    if resume is not None and resume.step >= total:
+        raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
+    run = RunDir(out)
+    if group.is_main:
+        run.prepare(force, resume.path if resume is not None else None)
+        run.write_config(config.to_yaml())
+    return images, total, run
 
 
 def train(
@@ -181,112 +231,48 @@ def train(
     labelled with the number of Adam updates actually applied. With a distributed ``group``, each
     rank trains on its share of every batch and only rank 0 writes files.
     """
-    from deepinv.loss.metric import PSNR
-
-    t = config.train
-    images = ImageFolder.open(data)
-    images.check_min_size(t.crop)
-    if t.batch_size % group.world:
-        raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
-    total = total_steps(config, len(images))
-    main = group.is_main
-    if resume is not None and resume.step >= total:
-        raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
-    if main:
-        prepare_out_dir(out, force, resume.path if resume is not None else None)
-        (out / "config.yaml").write_text(config.to_yaml())
-
-    torch.manual_seed(t.seed)
-    scheme = build_scheme(config, device)
-    params = trainable(scheme)
-    optimizer = torch.optim.Adam(params.values(), lr=t.lr)
-    start, psnr = 0, float("nan")
-    if t.init and resume is None:
-        ckpt.load_init(scheme, ckpt.load(t.init))
+    images, total, run = _open(config, out, data, resume, force, group)
+    state = new_state(config, device, resume)
+    start = resume.step if resume is not None else 0
+    r = _Run(config, state, run, data, group, start, run.read_log(start) if group.is_main else [])
     if resume is not None:
-        ckpt.load_parameters(scheme, resume)
-        _load_optimizer(optimizer, params, resume.optimizer, resume.path)
-        start, psnr = resume.step, resume.train_psnr
-    rows = _read_log(out / "log.csv", start) if main else []
-    updates_at_start = _updates(optimizer)
-    names = {id(p): n for n, p in params.items()}
-    metric = PSNR(max_pixel=1.0)
-    saved = start if resume is not None else None
-
-    def save(step: int) -> None:
-        nonlocal saved
-        if not main:
-            return
-        moments = _optimizer_tensors(optimizer, names)
-        ckpt.save(out / CHECKPOINT, config, ckpt.learned_parameters(scheme), step, psnr, moments, data, group.world)
-        saved = step
-        steps = [int(r["step"]) for r in rows]
-        plot_curves(out / "psnr.png", {config.preset: (steps, [float(r["psnr"]) for r in rows])}, title=config.preset)
-
-    if on_start and main:
+        r.psnr, r.saved = resume.train_psnr, start
+    updates_at_start = state.updates
+    if on_start and group.is_main:
         on_start(start, total)
-    if main:
-        _start_log(out / "log.csv", rows)
-    log = open(out / "log.csv", "a", newline="") if main else None
-    writer = csv.DictWriter(log, LOG_FIELDS) if main else None
-    clock = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
-    done = start
+    if group.is_main:
+        run.open_log(r.rows)
+    clock = time.perf_counter() - (float(r.rows[-1]["seconds"]) if r.rows else 0.0)
     try:
-        for step in range(start, total):
-            batch = training_batch(images, step, t.batch_size, t.crop, t.seed).to(device)
-            with torch.no_grad():
-                observations = simulate(scheme.physics, batch, derive_seed(t.seed, "noise", step))
-            restrict_batch(scheme.physics, slice(group.rank, None, group.world))
-            clean, observed = group.shard(batch), group.shard(observations)
-            try:
-                restored = solve(scheme, observed, t.K, t.T, t.gradient)
-            except ValueError as e:  # θ so extreme that no valid step exists
-                raise TrainingDiverged(f"θ left the valid range before step {step + 1} ({e})") from None
-            loss = torch.mean((restored - clean) ** 2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in params.values() if p.grad is not None]
-            group.average(grads)
-            if not (math.isfinite(loss.item()) and _all_finite(grads)):
-                raise TrainingDiverged(f"non-finite loss or gradient at step {step + 1}")
-            check = {}
-            if main and _due(step + 1, t.check_gradient_every):
-                restrict_batch(scheme.physics, slice(None))  # the DEQ check uses the whole batch
-                check = _check_gradient(scheme, observations, batch, t.K)
-            if t.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params.values(), t.clip_grad_norm)
-            optimizer.step()
-            done = step + 1
-            if not _all_finite(params.values()):
-                raise TrainingDiverged(f"non-finite θ after step {step + 1}")
-            scores = torch.stack([loss.detach(), metric(restored.detach(), clean).mean()]).to(torch.float64)
-            group.average([scores])
-            psnr = float(scores[1])
-            try:
-                tau = float(scheme.step_size(observed).detach())
-            except ValueError as e:  # θ so extreme that no valid step exists
-                raise TrainingDiverged(f"θ left the valid range after step {step + 1} ({e})") from None
-            report = StepReport(done, total, float(scores[0]), psnr, tau, time.perf_counter() - clock, **check)
-            if main:
-                rows.append({k: getattr(report, k) for k in LOG_FIELDS})
-                writer.writerow(rows[-1])
-                log.flush()
-                if on_step:
-                    on_step(report)
-            if done % t.checkpoint_every == 0 or done == total:
-                save(done)
-            if group.any(bool(should_stop and should_stop())) and done < total:
-                save(done)
-                raise KeyboardInterrupt
+        _loop(r, images, total, device, clock, on_step, should_stop)
     except TrainingDiverged as e:
-        kept = f"the last finite checkpoint is {out / CHECKPOINT} (step {saved})" if saved else "no checkpoint yet"
+        kept = f"the last finite checkpoint is {run.checkpoint} (step {r.saved})" if r.saved else "no checkpoint yet"
         raise TrainingDiverged(f"{e}; lower --lr or use --clip-grad-norm; {kept}") from None
     except KeyboardInterrupt:
-        done = start + _updates(optimizer) - updates_at_start  # θ as it is, even mid-step
-        if done > start and saved != done:
-            save(done)
+        done = start + state.updates - updates_at_start  # θ as it is, even mid-step
+        if done > start and r.saved != done:
+            r.save(done)
         raise
     finally:
-        if log is not None:
-            log.close()
-    return TrainResult(out, out / CHECKPOINT, total, psnr, images.skipped)
+        run.close()
+    return TrainResult(out, run.checkpoint, total, r.psnr, images.skipped)
+
+
+def _loop(r: _Run, images, total: int, device, clock: float, on_step, should_stop) -> None:
+    """Steps ``r.start … total − 1``: train, log, checkpoint every ``checkpoint_every``, stop on request."""
+    for step in range(r.start, total):
+        try:
+            report = _one_step(r, images, step, total, device, clock)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e} at step {step + 1}") from None
+        if r.group.is_main:
+            r.rows.append({k: getattr(report, k) for k in LOG_FIELDS})
+            r.run.append(r.rows[-1])
+            if on_step:
+                on_step(report)
+        done = step + 1
+        if done % r.config.train.checkpoint_every == 0 or done == total:
+            r.save(done)
+        if r.group.any(bool(should_stop and should_stop())) and done < total:
+            r.save(done)
+            raise KeyboardInterrupt

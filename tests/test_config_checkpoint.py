@@ -6,7 +6,6 @@ import dataclasses
 import math
 import os
 import stat
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import retune_cli
 from retune_cli import checkpoint as ckpt
-from retune_cli.config import apply_overrides, for_resume, from_yaml, parse_set, preset_names, resolve
+from retune_cli.config import apply_overrides, for_resume, from_yaml, parse_set, preset_dir, preset_names, resolve
 from retune_cli.errors import InputError
 from retune_cli.models import build_scheme
 from retune_cli.restore import load_model
@@ -34,7 +33,7 @@ def test_builtin_presets_listed():
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_resolve(name):
     config = resolve(name)
-    raw = yaml.safe_load((Path(retune_cli.__file__).parent / "presets" / f"{name}.yaml").read_text())
+    raw = yaml.safe_load((preset_dir() / f"{name}.yaml").read_text())
     assert config.preset == name
     assert config.physics.sigma == raw["physics"]["sigma"]
     assert config.model.weights == raw["model"]["weights"]

@@ -14,6 +14,24 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+# Config keys that have their own flag: workflows name keys, messages show both (one boundary, here).
+KEY_FLAGS = {
+    "train.K": "--K", "train.T": "--T", "train.steps": "--steps", "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size", "train.crop": "--crop", "train.lr": "--lr", "train.gradient": "--gradient",
+    "train.seed": "--seed", "train.clip_grad_norm": "--clip-grad-norm", "train.init": "--init",
+    "train.check_gradient_every": "--check-gradient-every",
+}
+
+
+def with_flags(message: str) -> str:
+    """``train.K must …`` → ``train.K (--K) must …``: each key that has a flag, at its first mention."""
+    import re
+
+    for key, flag in KEY_FLAGS.items():
+        message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w])", f"{key} ({flag})", message, count=1)
+    return message
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and an exit code."""
@@ -22,7 +40,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except InputError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {with_flags(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -55,7 +73,10 @@ def device_from(name: str):
     return resolve_device(name)
 
 
-PRESET_HELP = "Built-in preset (see README; default denoise-wavelet-b) or a YAML file of the same shape."
+PRESET_HELP = (
+    "Built-in preset (see README; default denoise-wavelet-b) or a YAML file of the same shape: "
+    "copy one from the repository's presets/ folder."
+)
 DEFAULT_PRESET = "denoise-wavelet-b"
 
 

@@ -31,7 +31,8 @@ def restore(
         int | None, typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")
     ] = None,
     tol: Annotated[
-        float | None, typer.Option(help="Restart until ‖x_Kt − x_K(t−1)‖/‖x_Kt‖ ≤ tol (at most --T or 1000 restarts).")
+        float | None,
+        typer.Option(help="Restart until ‖u_t − u_(t−1)‖/‖u_t‖ ≤ tol (u: the scheme's iterate; at most --T or 1000)."),
     ] = None,
     simulate: Annotated[
         bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")
@@ -64,7 +65,7 @@ def restore(
         if (T is not None and T < 1) or (tol is not None and not tol >= 0):
             raise InputError("--T must be at least 1 and --tol non-negative")
         model = load_model(checkpoint, device_from(device))
-        result = restore_file(model, image, seed if simulate else None, T, tol, mask, kernel)
+        result = restore_file(model, image, seed if simulate else None, T, tol, {"mask": mask, "kernel": kernel})
         write_image(output, result.restored, bits)
         if save_observation is not None:
             write_image(save_observation, result.observation, bits)

@@ -41,7 +41,11 @@ def train(
     crop: Annotated[int | None, typer.Option(help="Side of the random square crops (paper: 256).")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 5e-2).")] = None,
     gradient: Annotated[
-        str | None, typer.Option(help="retune (backprop through the last Φ_K) or unrolled (through all K·T steps).")
+        str | None,
+        typer.Option(
+            help="retune (backprop through the last Φ_K), unrolled (all K·T steps), jfb (one Φ_K at the fixed "
+            "point) or deq (implicit differentiation at the fixed point; see train.tol, train.adjoint_solver)."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of crops, order and noise.")] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
@@ -76,7 +80,8 @@ def train(
         from ..config import for_resume, grid_configs, parse_grid, parse_set, resolve
         from ..distributed import start as start_distributed
         from ..errors import InputError
-        from ..train import TrainingDiverged, plot_runs
+        from ..rundir import plot_runs
+        from ..train import TrainingDiverged
         from ..train import train as run_training
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}

@@ -1,75 +1,169 @@
-"""Restarted truncated unrolling and the hypergradients it yields (paper §3, Algorithm 1).
+"""Gradient modes: how much of ``x = out(Φ_K^T(u_0, θ))`` autograd records (paper §3, Algorithm 1).
 
-``Φ_K = φ ∘ … ∘ φ`` (K elementary steps) and ``Φ_K^T`` (T restarts). The gradient modes differ only
-in which part of ``x_KT = Φ_K^T(x_0, θ)`` autograd records:
+Every mode returns a :class:`Solution` whose image ``x`` carries a graph such that
+``loss(x).backward()`` yields that mode's hypergradient; modes are registered by name
+(:data:`GRADIENT_MODES`) and used alike by training, compare-grads and the benchmarks:
 
-* ``"retune"``: ``x_K(T−1)`` is computed without a graph and treated as a constant, so
-  ``g^R(θ) = ∂_x L(x_KT)ᵀ ∂_θ Φ_K(x_K(T−1), θ)`` (eq. 25) and memory is that of K steps;
-* ``"unrolled"``: backpropagation through all K·T steps from ``x_0(θ)``.
-
-With T = 1 both record the same graph, so they give the same gradient.
+* ``retune``: T − 1 restarts without a graph, then one ``Φ_K`` with it:
+  ``g^R(θ) = ∂_x L(x_KT)ᵀ ∂_θ Φ_K(x_K(T−1), θ)`` (eq. 25); memory of K steps whatever T;
+* ``unrolled``: backpropagation through all K·T steps from ``u_0(θ)`` (T = 1: the same as retune);
+* ``jfb``: restarts to the fixed point (``tol``, at most ``max_restarts``) without a graph, then one
+  ``Φ_K`` with it from û: ``g^JF = ∂_x L(x̂)ᵀ ∂_θ Φ_K(û, θ)`` (eq. 28);
+* ``deq``: the same forward; the backward solves ``v = a + ∂_u Φ_K(û)ᵀ v`` with the configured adjoint
+  solver (``a`` the incoming gradient) before going through ``∂_θ Φ_K(û)``: the exact implicit
+  gradient (eq. 20) at the fixed point.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from torch.autograd.function import once_differentiable
 
-GRADIENTS = ("retune", "unrolled")
-
-
-def truncated_unrolled(scheme, u, ctx, K: int):
-    """``Φ_K(u, θ)``: K elementary steps."""
-    for _ in range(K):
-        u = scheme.step(u, ctx)
-    return u
-
-
-def solve(scheme, y: torch.Tensor, K: int, T: int, gradient: str = "retune") -> torch.Tensor:
-    """``x_KT``: the image after T restarts of ``Φ_K``, with the graph ``gradient`` asks for."""
-    if K < 1 or T < 1:
-        raise ValueError("K and T must be at least 1")
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, not {gradient!r}")
-    ctx = scheme.prepare(y)
-    u = scheme.init(ctx)
-    if gradient == "retune" and T > 1:
-        with torch.no_grad():
-            for _ in range(T - 1):
-                u = truncated_unrolled(scheme, u, ctx, K)
-        T = 1
-    for _ in range(T):
-        u = truncated_unrolled(scheme, u, ctx, K)
-    return scheme.output(u, ctx)
+from .adjoint import ADJOINT_SOLVERS, AdjointSolve
+from .fixed_point import fixed_point, relative_residual
+from .physics import Observation, as_observation
+from .pytree import leaves, rebuild
+from .scheme import Scheme
 
 
 @dataclass(frozen=True)
-class FixedPoint:
-    """Result of :func:`restore`: the image, how many restarts it took, the last relative residual."""
+class SolveOptions:
+    """K, T, and the tolerances of the fixed-point modes (forward restarts and adjoint solve)."""
+
+    K: int = 10
+    T: int = 10
+    tol: float = 1e-4  # jfb/deq: relative residual of the restarts
+    max_restarts: int = 200
+    adjoint_solver: str = "gmres"
+    adjoint_tol: float = 1e-6
+    adjoint_max_iter: int = 200
+
+    def __post_init__(self) -> None:
+        if self.K < 1 or self.T < 1 or self.max_restarts < 1:
+            raise ValueError("K, T and max_restarts must be at least 1")
+        if self.adjoint_solver not in ADJOINT_SOLVERS:
+            raise ValueError(f"adjoint_solver must be one of {', '.join(ADJOINT_SOLVERS)}")
+
+
+@dataclass
+class Solution:
+    """The restored image (with the mode's graph), the restarts of Φ_K applied in all and the relative
+    residual of the last one; ``adjoint`` is filled by the deq backward."""
 
     x: torch.Tensor
     restarts: int
     residual: float
+    adjoint: AdjointSolve | None = None
 
 
-def relative_residual(new: torch.Tensor, old: torch.Tensor) -> float:
-    """``‖x_Kt − x_K(t−1)‖ / ‖x_Kt‖``."""
-    return float(torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(new).clamp_min(1e-30))
+Mode = Callable[[Scheme, object, object, SolveOptions], Solution]
+GRADIENT_MODES: dict[str, Mode] = {}
+
+
+def register_gradient(name: str, equilibrium: bool = False) -> Callable[[Mode], Mode]:
+    """Decorator: make a mode ``(scheme, ctx, u0, options) -> Solution`` available as ``name``;
+    ``equilibrium``: it restarts to the fixed point (T plays no role)."""
+
+    def decorate(mode: Mode) -> Mode:
+        mode.equilibrium = equilibrium
+        GRADIENT_MODES[name] = mode
+        return mode
+
+    return decorate
+
+
+def _restarts(scheme: Scheme, ctx, K: int) -> Callable:
+    return partial(scheme.restart, ctx=ctx, K=K)
+
+
+def _finish(scheme: Scheme, ctx, before, after, restarts: int, **extra) -> Solution:
+    """The solution after the last (recorded) restart ``before → after``."""
+    return Solution(scheme.output(after, ctx), restarts, relative_residual(after, before), **extra)
+
+
+@register_gradient("retune")
+def retune(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
+    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, 0.0, o.T - 1)
+    return _finish(scheme, ctx, u, scheme.restart(u, ctx, o.K), stats.iterations + 1)
+
+
+@register_gradient("unrolled")
+def unrolled(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
+    before = after = u0
+    for _ in range(o.T):
+        before, after = after, scheme.restart(after, ctx, o.K)
+    return _finish(scheme, ctx, before, after, o.T)
+
+
+def _equilibrium(scheme: Scheme, ctx, u0, o: SolveOptions):
+    """û: restarts to ``tol`` (at most ``max_restarts``) without a graph, detached."""
+    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, o.tol, o.max_restarts)
+    return [t.detach() for t in leaves(u)], stats.iterations, u
+
+
+@register_gradient("jfb", equilibrium=True)
+def jfb(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
+    point, done, like = _equilibrium(scheme, ctx, u0, o)
+    u_hat = rebuild(like, point)
+    return _finish(scheme, ctx, u_hat, scheme.restart(u_hat, ctx, o.K), done + 1)
+
+
+class _ImplicitBackward(torch.autograd.Function):
+    """Identity forward; backward replaces the incoming gradient ``a`` by the adjoint solution ``v``."""
+
+    @staticmethod
+    def forward(ctx, solve: Callable, *tensors: torch.Tensor):
+        ctx.solve = solve
+        return tuple(t.clone() for t in tensors)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: torch.Tensor):
+        return (None, *ctx.solve(list(grads)))
+
+
+@register_gradient("deq", equilibrium=True)
+def deq(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
+    point, done, like = _equilibrium(scheme, ctx, u0, o)
+    point = [t.requires_grad_(True) for t in point]
+    with torch.enable_grad():
+        mapped = leaves(scheme.restart(rebuild(like, point), ctx, o.K))
+    solution = Solution(torch.empty(0), done + 1, float("nan"))
+
+    def vjp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(torch.autograd.grad(mapped, point, v, retain_graph=True))
+
+    def solve_adjoint(a: list[torch.Tensor]) -> list[torch.Tensor]:
+        solution.adjoint = ADJOINT_SOLVERS[o.adjoint_solver](vjp, a, o.adjoint_tol, o.adjoint_max_iter)
+        return solution.adjoint.v
+
+    implicit = rebuild(like, list(_ImplicitBackward.apply(solve_adjoint, *mapped)))
+    finished = _finish(scheme, ctx, rebuild(like, point), implicit, done + 1)
+    solution.x, solution.residual = finished.x, finished.residual
+    return solution
+
+
+def solve(scheme: Scheme, obs: Observation | torch.Tensor, options: SolveOptions, mode: str = "retune",
+          start=None) -> Solution:
+    """Restore ``obs`` with ``scheme`` and record the graph of gradient ``mode`` (see module doc);
+    ``start`` replaces ``u_0`` (a warm start, e.g. a known fixed point)."""
+    if mode not in GRADIENT_MODES:
+        raise ValueError(f"gradient must be one of {', '.join(GRADIENT_MODES)}, not {mode!r}")
+    ctx = scheme.prepare(as_observation(obs))
+    return GRADIENT_MODES[mode](scheme, ctx, scheme.init(ctx) if start is None else start, options)
 
 
 @torch.no_grad()
-def restore(scheme, y: torch.Tensor, K: int, max_restarts: int, tol: float = 0.0) -> FixedPoint:
-    """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` is reached."""
+def restore(scheme: Scheme, obs: Observation | torch.Tensor, K: int, max_restarts: int, tol: float = 0.0,
+            start=None) -> Solution:
+    """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` restarts were done."""
     if K < 1 or max_restarts < 1:
         raise ValueError("K and the number of restarts must be at least 1")
-    ctx = scheme.prepare(y)
-    u = scheme.init(ctx)
-    x = scheme.output(u, ctx)
-    residual, done = float("inf"), 0
-    while done < max_restarts and residual > tol:
-        u = truncated_unrolled(scheme, u, ctx, K)
-        new = scheme.output(u, ctx)
-        residual = relative_residual(new, x)
-        x, done = new, done + 1
-    return FixedPoint(x, done, residual)
+    ctx = scheme.prepare(as_observation(obs))
+    u, stats = fixed_point(_restarts(scheme, ctx, K), scheme.init(ctx) if start is None else start, tol,
+                           max_restarts)
+    return Solution(scheme.output(u, ctx), stats.iterations, stats.residual)

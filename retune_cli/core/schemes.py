@@ -1,12 +1,4 @@
-"""Elementary steps φ(·, θ) of the inner solvers (paper §4.1–4.2, DESIGN.md §2.1–2.2).
-
-A scheme is an ``nn.Module`` whose parameters are θ, with four methods used by
-:mod:`retune_cli.core.hypergrad`:
-
-* ``prepare(y)``: everything that depends on θ and y but not on the iterate (step size, …);
-* ``init(ctx)``: the starting point ``u_0``;
-* ``step(u, ctx)``: one elementary step ``u ↦ φ(u, θ)``;
-* ``output(u, ctx)``: the image an iterate stands for.
+"""The built-in schemes (paper §4.1–4.2): wavelet forward-backward and plug-and-play forward-backward.
 
 Wavelet forward-backward on the coefficients ``u = θ D x`` (paper eq. 51):
 ``u⁺ = prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ D Aᵀ(A Dᵀ θ⁻¹ u − y))``, ``x = Dᵀ θ⁻¹ u``, ``u_0 = θ D Aᵀ y``.
@@ -19,36 +11,40 @@ spurious term ``−u_a/c²`` through the output ``x = Dᵀθ⁻¹u`` that only t
 — on the band that carries most of the image's energy.
 
 Plug-and-play forward-backward (paper eq. 53): ``x⁺ = D_σ(x − τ Aᵀ(A x − y))``, ``x_0 = Aᵀ y``.
-
-Both work on a domain padded to a multiple of the transform's or network's scale: for denoising
-``y`` is reflect-padded; otherwise the padded pixels are unobserved (``A`` acts on the crop).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .physics import is_identity, operator_norm_bounds
+from .physics import Observation, Params, Physics, as_observation
 from .priors import WaveletWeights, group_soft_threshold
+from .scheme import PaddedScheme
 from .wavelets import Coefficients, WaveletTransform
 
-STEP_RULES = ("optimal", "safe")
+
+def optimal_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
+    """``τ* = 2/(μ + L)``: the smallest ω, needs μ > 0."""
+    if not strong_convexity > 0:
+        raise ValueError("the optimal step needs μ > 0 (A injective); use step_rule=safe")
+    return 2 / (strong_convexity + lipschitz)
 
 
-def tau_from_rule(lipschitz: torch.Tensor, strong_convexity: torch.Tensor, rule: str) -> torch.Tensor:
-    """``τ* = 2/(μ + L)`` (``"optimal"``, needs μ > 0) or ``τ = 1.95/L`` (``"safe"``)."""
-    if rule == "optimal":
-        if not strong_convexity > 0:
-            raise ValueError("the optimal step needs μ > 0 (A injective); use step_rule=safe")
-        return 2 / (strong_convexity + lipschitz)
-    if rule == "safe":
-        return 1.95 / lipschitz
-    raise ValueError(f"step_rule must be one of {STEP_RULES}, not {rule!r}")
+def safe_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
+    """``τ = 1.95/L``: convergent for any μ ≥ 0."""
+    return 1.95 / lipschitz
+
+
+STEP_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "optimal": optimal_step,
+    "safe": safe_step,
+}
 
 
 def contraction_factor(tau: torch.Tensor, lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
@@ -56,14 +52,14 @@ def contraction_factor(tau: torch.Tensor, lipschitz: torch.Tensor, strong_convex
     return torch.maximum((1 - tau * strong_convexity).abs(), (1 - tau * lipschitz).abs())
 
 
-def pad_to_multiple(y: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad (replicate when too small) the bottom/right of ``y`` to multiples of ``multiple``."""
-    h, w = y.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return y
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(y, (0, pw, 0, ph), mode=mode)
+class StepParameters(NamedTuple):
+    """θ-dependent step quantities: θ per detail level, max θ, τ, ``L = ‖A‖²/min θ²``, ``μ = σ_min²/max θ²``."""
+
+    theta: list[torch.Tensor]
+    top: torch.Tensor
+    tau: torch.Tensor
+    lipschitz: torch.Tensor
+    strong_convexity: torch.Tensor
 
 
 @dataclass
@@ -77,73 +73,49 @@ class WaveletContext:
     lipschitz: torch.Tensor
     strong_convexity: torch.Tensor
     size: tuple[int, int]  # (H, W) of y before padding
+    params: Params  # the operator's parameters
     affine: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # A = I: the step is a ⊙ u + c
 
 
-class PaddedForwardBackward(nn.Module):
-    """The data term ``½‖A x − y‖²`` on a domain padded to a multiple of ``multiple``."""
-
-    def __init__(self, physics, multiple: int):
-        super().__init__()
-        self.physics = physics
-        self.multiple = multiple
-
-    @property
-    def _identity(self) -> bool:
-        return is_identity(self.physics)
-
-    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise the padded
-        pixels are unobserved (``A`` acts on the crop) and ``Aᵀ y`` is zero there."""
-        if self._identity:
-            return pad_to_multiple(y, self.multiple)
-        x = self.physics.A_adjoint(y)
-        return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
-
-    def _normal(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``)."""
-        if self._identity:
-            return x
-        h, w = size
-        return self._adjoint(self.physics.A(x[..., :h, :w]))
-
-
-class WaveletFB(PaddedForwardBackward):
+class WaveletFB(PaddedScheme):
     """Forward-backward on weighted wavelet coefficients, for ``½‖Ax − y‖² + ‖θ D x‖_{1,2}``."""
 
-    def __init__(self, physics, transform: WaveletTransform, weights: WaveletWeights, step_rule: str = "optimal"):
+    def __init__(self, physics: Physics, transform: WaveletTransform, weights: WaveletWeights,
+                 step_rule: str = "optimal"):
         super().__init__(physics, transform.multiple)
         if step_rule not in STEP_RULES:
-            raise ValueError(f"step_rule must be one of {STEP_RULES}, not {step_rule!r}")
+            raise ValueError(f"step_rule must be one of {', '.join(STEP_RULES)}, not {step_rule!r}")
         self.transform = transform
         self.theta = weights
         self.step_rule = step_rule
 
-    def _weights_and_step(self, y: torch.Tensor) -> tuple:
-        """``(θ per level, max θ, τ, L, μ)`` with ``L = ‖A‖²/min θ²`` and ``μ = σ_min(A)²/max θ²``."""
+    def step_parameters(self, obs: Observation) -> StepParameters:
+        """θ per level and the step τ(θ) of the rule, from the physics' norm bounds."""
         theta = self.theta.diagonal()
         flat = torch.cat([t.flatten() for t in theta])
         lo, hi = flat.min(), flat.max()
-        norm, sigma_min = operator_norm_bounds(self.physics, y)
-        lipschitz = norm**2 / lo**2
-        strong_convexity = sigma_min**2 / hi**2
-        return theta, hi, tau_from_rule(lipschitz, strong_convexity, self.step_rule), lipschitz, strong_convexity
+        bounds = self.physics.norm_bounds(obs.y, obs.params)
+        lipschitz = bounds.norm**2 / lo**2
+        strong_convexity = bounds.sigma_min**2 / hi**2
+        tau = STEP_RULES[self.step_rule](lipschitz, strong_convexity)
+        return StepParameters(theta, hi, tau, lipschitz, strong_convexity)
 
-    def step_size(self, y: torch.Tensor) -> torch.Tensor:
-        """The step τ(θ) of the current weights for observations shaped like ``y``."""
-        return self._weights_and_step(y)[2]
+    def step_size(self, obs: Observation) -> torch.Tensor:
+        return self.step_parameters(as_observation(obs)).tau
 
-    def prepare(self, y: torch.Tensor) -> WaveletContext:
-        size = tuple(y.shape[-2:])
-        b = self.transform.analysis(self._adjoint(y))
-        theta, hi, tau, lipschitz, strong_convexity = self._weights_and_step(y)
-        approx_scale = hi.detach()  # a constant of the parametrization: see the module docstring
+    def prepare(self, obs: Observation) -> WaveletContext:
+        obs = as_observation(obs)
+        b = self.transform.analysis(self.adjoint(obs.y, obs.params))
+        s = self.step_parameters(obs)
+        approx_scale = s.top.detach()  # a constant of the parametrization: see the module docstring
         affine = None
-        if self._identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τ/θ²) ⊙ u + (τ/θ) ⊙ b, precomputed once
-            scales = [approx_scale, *theta]
+        if self.physics.identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τ/θ²) ⊙ u + (τ/θ) ⊙ b, precomputed once
+            scales = [approx_scale, *s.theta]
             bands = [b.approx, *b.details]
-            affine = ([1 - tau / s**2 for s in scales], [(tau / s) * band for s, band in zip(scales, bands)])
-        return WaveletContext(b, theta, approx_scale, tau, lipschitz, strong_convexity, size, affine)
+            affine = ([1 - s.tau / c**2 for c in scales], [(s.tau / c) * band for c, band in zip(scales, bands)])
+        size = tuple(obs.y.shape[-2:])
+        return WaveletContext(b, s.theta, approx_scale, s.tau, s.lipschitz, s.strong_convexity, size, obs.params,
+                              affine)
 
     def init(self, ctx: WaveletContext) -> Coefficients:
         return Coefficients(ctx.approx_scale * ctx.b.approx, tuple(t * d for t, d in zip(ctx.theta, ctx.b.details)))
@@ -153,20 +125,13 @@ class WaveletFB(PaddedForwardBackward):
         """``θ⁻¹ u``: back from weighted coefficients to wavelet coefficients ``w = D x``."""
         return Coefficients(u.approx / ctx.approx_scale, tuple(d / t for t, d in zip(ctx.theta, u.details)))
 
-    def _coefficient_normal(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
-        """``D Aᵀ A Dᵀ θ⁻¹ u`` (``θ⁻¹ u`` when ``A = I``, since ``D`` is orthonormal)."""
-        scaled = self._unweight(u, ctx)
-        if self._identity:
-            return scaled
-        x = self._normal(self.transform.synthesis(scaled), ctx.size)
-        return self.transform.analysis(x)
-
     def _gradient_step(self, u: Coefficients, ctx: WaveletContext) -> list[torch.Tensor]:
         """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, band by band (approximation first)."""
         bands = [u.approx, *u.details]
         if ctx.affine is not None:
             return [torch.addcmul(c, a, v) for a, c, v in zip(*ctx.affine, bands)]
-        r = self._coefficient_normal(u, ctx)
+        x = self.normal(self.transform.synthesis(self._unweight(u, ctx)), ctx.size, ctx.params)
+        r = self.transform.analysis(x)
         scales = [ctx.approx_scale, *ctx.theta]
         return [
             v - (ctx.tau / s) * (rv - bv)
@@ -207,31 +172,34 @@ class PnPContext:
     sigma: torch.Tensor
     tau: torch.Tensor
     size: tuple[int, int]
+    params: Params
 
 
-class PnPFB(PaddedForwardBackward):
+class PnPFB(PaddedScheme):
     """Plug-and-play forward-backward ``x⁺ = D_σ(x − τ Aᵀ(A x − y))`` with a denoiser ``D_σ(x, σ)``.
 
     ``multiple``: the image sides the denoiser needs (8 for DRUNet's three downsamplings).
     """
 
-    def __init__(self, physics, denoiser: nn.Module, params: PnPParameters, multiple: int = 8):
+    def __init__(self, physics: Physics, denoiser: nn.Module, params: PnPParameters, multiple: int = 8):
         super().__init__(physics, multiple)
         self.denoiser = denoiser
         self.theta = params
 
-    def step_size(self, y: torch.Tensor) -> torch.Tensor:
+    def step_size(self, obs: Observation) -> torch.Tensor:
         return torch.exp(self.theta.log_tau)
 
-    def prepare(self, y: torch.Tensor) -> PnPContext:
+    def prepare(self, obs: Observation) -> PnPContext:
+        obs = as_observation(obs)
         sigma, tau = torch.exp(self.theta.log_sigma), torch.exp(self.theta.log_tau)
-        return PnPContext(self._adjoint(y), sigma.to(y), tau.to(y), tuple(y.shape[-2:]))
+        y = obs.y
+        return PnPContext(self.adjoint(y, obs.params), sigma.to(y), tau.to(y), tuple(y.shape[-2:]), obs.params)
 
     def init(self, ctx: PnPContext) -> torch.Tensor:
         return ctx.aty
 
     def step(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:
-        z = x - ctx.tau * (self._normal(x, ctx.size) - ctx.aty)
+        z = x - ctx.tau * (self.normal(x, ctx.size, ctx.params) - ctx.aty)
         return self.denoiser(z, ctx.sigma.expand(x.shape[0]))
 
     def output(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .pytree import register_pytree
+
 
 @dataclass(frozen=True)
 class Coefficients:
@@ -27,6 +29,9 @@ class Coefficients:
 
     approx: torch.Tensor
     details: tuple[torch.Tensor, ...]
+
+
+register_pytree(Coefficients, lambda c: [c.approx, *c.details], lambda ts: Coefficients(ts[0], tuple(ts[1:])))
 
 
 def _periodic_index(n: int, left: int, right: int, device: torch.device) -> torch.Tensor:

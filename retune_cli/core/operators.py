@@ -1,0 +1,183 @@
+"""The built-in physics and the registry that maps ``physics.name`` to a class.
+
+* ``denoise``: ``A = I``;
+* ``inpaint``: ``A x = m ⊙ x``, a pixelwise mask shared by the channels (as deepinv ``Inpainting``),
+  keeping a fraction ``keep`` of the pixels, drawn per image from the observation seed (parameter
+  ``mask``, ``(N, 1, H, W)``), or given for a real image; missing pixels of an observation are 0;
+* ``deblur``: channel-wise uniform blur of width ``w`` — red averaged horizontally, green vertically,
+  blue along the main diagonal (the paper's §4.2) — with circular boundaries (deepinv ``BlurFFT``,
+  built once per image size and kernel), so that ``A`` and ``Aᵀ`` are exact adjoints; a measured
+  kernel is the parameter ``kernel`` ``(1, 3, h, w)``.
+
+A new physics is one subclass of :class:`~.physics.Physics` decorated with :func:`register_physics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .physics import NormBounds, Params, Physics, UserOperator, operator_norm
+
+PHYSICS: dict[str, type[Physics]] = {}
+MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
+
+
+def register_physics(cls: type[Physics]) -> type[Physics]:
+    """Class decorator: make ``cls`` available as ``physics.name: <cls.name>``."""
+    PHYSICS[cls.name] = cls
+    return cls
+
+
+def build_physics(name: str, sigma: Sequence[float], **options) -> Physics:
+    """The physics registered as ``name``, given the config options it declares."""
+    if name not in PHYSICS:
+        raise ValueError(f"unknown physics {name!r}; choose one of {', '.join(PHYSICS)}")
+    cls = PHYSICS[name]
+    return cls(sigma, **{k: options[k] for k in cls.options if k in options})
+
+
+@register_physics
+class Denoise(Physics):
+    """``A = I``: ``D Aᵀ A Dᵀ = I``, so the wavelet step needs no transform."""
+
+    name = "denoise"
+    identity = True
+    injective = True
+
+    def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return x
+
+    def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return y
+
+    def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
+        return NormBounds(1.0, 1.0)
+
+
+@register_physics
+class RandomInpainting(Physics):
+    """``A x = m ⊙ x`` with a pixelwise binary mask ``m`` ``(N or 1, 1, H, W)``, the parameter ``mask``."""
+
+    name = "inpaint"
+    options = ("keep",)
+    user_operator = UserOperator("mask", "image", "white = known pixels")
+    needs_user_operator = True
+
+    def __init__(self, sigma: Sequence[float], keep: float = 0.1):
+        super().__init__(sigma)
+        if not 0 < keep <= 1:
+            raise ValueError("the fraction of kept pixels must be in (0, 1]")
+        self.keep = keep
+
+    def draw(self, shape: torch.Size, seed: int) -> Params:
+        """Each pixel of each image kept with probability ``keep``."""
+        n, _, h, w = shape
+        generator = torch.Generator().manual_seed(seed ^ MASK_STREAM)
+        return {"mask": (torch.rand((n, 1, h, w), generator=generator) < self.keep).to(torch.float32)}
+
+    @staticmethod
+    def _mask(x: torch.Tensor, params: Params | None) -> torch.Tensor:
+        if not params or "mask" not in params:
+            raise ValueError("the inpainting mask is not set: simulate an observation or give a mask")
+        return params["mask"].to(x.dtype)
+
+    def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return self._mask(x, params) * x
+
+    A_adjoint = A  # a mask is self-adjoint
+
+    def observe(self, x: torch.Tensor, seed: int, params: Params) -> torch.Tensor:
+        """``m ⊙ (m ⊙ x + ε)``: missing pixels stay 0."""
+        return self.A(super().observe(x, seed, params), params)
+
+    def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
+        """``‖A‖ = 1`` as soon as one pixel is kept; ``σ_min = 0``."""
+        return NormBounds(1.0, 0.0)
+
+    def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
+        """A mask image ``(C, H, W)`` in [0, 1]: pixels above 0.5 in its first channel are known."""
+        if tuple(operator.shape[-2:]) != tuple(shape[-2:]):
+            found, want = f"{operator.shape[-1]}×{operator.shape[-2]}", f"{shape[-1]}×{shape[-2]}"
+            raise ValueError(f"the mask is {found}, the image {want}")
+        return {"mask": (operator[..., :1, :, :].reshape(1, 1, *shape[-2:]) > 0.5).to(torch.float32)}
+
+
+def channel_blur_kernel(width: int, channels: int = 3) -> torch.Tensor:
+    """``(1, 3, w, w)`` uniform kernels of width ``w``: R horizontal, G vertical, B diagonal."""
+    if width < 1 or channels != 3:
+        raise ValueError("the channel-wise blur needs a positive width and 3 channels")
+    kernel = torch.zeros(1, 3, width, width)
+    centre = width // 2
+    kernel[0, 0, centre, :] = 1.0 / width
+    kernel[0, 1, :, centre] = 1.0 / width
+    kernel[0, 2] = torch.eye(width) / width
+    return kernel
+
+
+def as_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """``(h, w)`` (shared), ``(C, h, w)`` or ``(1, C, h, w)`` → ``(1, 3, h, w)`` float32."""
+    kernel = torch.as_tensor(kernel, dtype=torch.float32)
+    while kernel.dim() < 4:
+        kernel = kernel.unsqueeze(0)
+    if kernel.dim() != 4 or kernel.shape[:2] not in ((1, 1), (1, 3)) or not torch.all(torch.isfinite(kernel)):
+        raise ValueError("a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array of finite numbers")
+    return kernel.expand(1, 3, *kernel.shape[-2:]).contiguous()
+
+
+@register_physics
+class ChannelBlur(Physics):
+    """Circular convolution with one kernel per channel, via deepinv ``BlurFFT``; parameter ``kernel``
+    (a user's) replaces the configured one."""
+
+    name = "deblur"
+    options = ("blur_width",)
+    user_operator = UserOperator("kernel", "array", "an (h, w) or (3, h, w) .npy array")
+
+    def __init__(self, sigma: Sequence[float], blur_width: int = 25, kernel: torch.Tensor | None = None):
+        super().__init__(sigma)
+        self.kernel = as_kernel(channel_blur_kernel(blur_width) if kernel is None else kernel)
+        self._operators: dict[tuple, object] = {}
+        self._norms: dict[tuple, float] = {}  # ‖A‖ per image shape and kernel
+
+    def _kernel(self, params: Params | None) -> torch.Tensor:
+        return params["kernel"] if params and "kernel" in params else self.kernel
+
+    def _op(self, x: torch.Tensor, params: Params | None):
+        """deepinv ``BlurFFT`` (the kernel's FFT) per image shape, device, dtype and kernel object; the
+        entry keeps the kernel alive, so its ``id`` is not reused while cached."""
+        from deepinv.physics import BlurFFT
+
+        kernel = self._kernel(params)
+        key = (id(kernel), tuple(x.shape[-3:]), x.device, x.dtype)
+        if key not in self._operators:
+            self.check_fits(x.shape, kernel)
+            op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
+            self._operators[key] = (kernel, op)
+        return self._operators[key][1]
+
+    def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return self._op(x, params).A(x).to(x.dtype)
+
+    def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return self._op(y, params).A_adjoint(y).to(y.dtype)
+
+    def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
+        """``‖A‖`` by power iteration once per image shape and kernel; ``σ_min = 0``."""
+        kernel = self._kernel(params)
+        key = (tuple(like.shape[1:]), hash(kernel.detach().cpu().numpy().tobytes()))
+        if key not in self._norms:
+            self._norms[key] = operator_norm(self, like[:1].detach(), params)
+        return NormBounds(self._norms[key], 0.0)
+
+    def check_fits(self, shape: torch.Size, kernel: torch.Tensor | None = None) -> None:
+        kh, kw = (self.kernel if kernel is None else kernel).shape[-2:]
+        if shape[-2] < kh or shape[-1] < kw:
+            raise ValueError(f"the {shape[-1]}×{shape[-2]} image is smaller than the {kw}×{kh} blur kernel")
+
+    def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
+        """A measured kernel; the image must be at least its size."""
+        kernel = as_kernel(operator)
+        self.check_fits(shape, kernel)
+        return {"kernel": kernel}

@@ -1,0 +1,92 @@
+"""The scheme contract: an elementary step ``φ(·, θ)`` whose restarts the gradient modes differentiate.
+
+A scheme is an ``nn.Module`` whose learned parameters live in ``theta`` (and, for PnP, possibly its
+denoiser), over a :class:`~.physics.Physics`. Iterates may be tensors or any registered pytree
+(:mod:`.pytree`). Methods:
+
+* ``prepare(obs) -> ctx``: everything that depends on θ and the observation but not on the iterate;
+* ``init(ctx)``: the starting point ``u_0``;
+* ``step(u, ctx)``: one elementary step ``u ↦ φ(u, θ)``;
+* ``output(u, ctx)``: the image an iterate stands for;
+* ``contraction(ctx)``: ω, the Lipschitz constant of φ (so Φ_K is ω^K-Lipschitz), or NaN if unknown;
+* ``step_size(obs)``: τ(θ), logged during training.
+
+:class:`PaddedScheme` adds the data term ``½‖A x − y‖²`` on a domain padded to a multiple of the
+transform's or network's scale: for ``A = I`` ``y`` is reflect-padded; otherwise the padded pixels
+are unobserved (``A`` acts on the crop), so padding never biases the data term.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .physics import Observation, Params, Physics
+
+
+class Scheme(nn.Module, ABC):
+    """``φ(·, θ)`` and what the engine needs around it (see the module docstring)."""
+
+    physics: Physics
+    theta: nn.Module
+
+    @abstractmethod
+    def prepare(self, obs: Observation) -> Any: ...
+
+    @abstractmethod
+    def init(self, ctx: Any): ...
+
+    @abstractmethod
+    def step(self, u, ctx: Any): ...
+
+    @abstractmethod
+    def output(self, u, ctx: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def contraction(self, ctx: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def step_size(self, obs: Observation) -> torch.Tensor: ...
+
+    def restart(self, u, ctx: Any, K: int):
+        """``Φ_K(u, θ)``: K elementary steps."""
+        for _ in range(K):
+            u = self.step(u, ctx)
+        return u
+
+
+def pad_to_multiple(y: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad (replicate when too small) the bottom/right of ``y`` to multiples of ``multiple``."""
+    h, w = y.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return y
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(y, (0, pw, 0, ph), mode=mode)
+
+
+class PaddedScheme(Scheme):
+    """A scheme with the data term ``½‖A x − y‖²`` on a domain padded to a multiple of ``multiple``."""
+
+    def __init__(self, physics: Physics, multiple: int):
+        super().__init__()
+        self.physics = physics
+        self.multiple = multiple
+
+    def adjoint(self, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise zero on the padding."""
+        if self.physics.identity:
+            return pad_to_multiple(y, self.multiple)
+        x = self.physics.A_adjoint(y, params)
+        return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
+
+    def normal(self, x: torch.Tensor, size: tuple[int, int], params: Params) -> torch.Tensor:
+        """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``); ``size`` is y's (H, W)."""
+        if self.physics.identity:
+            return x
+        h, w = size
+        return self.adjoint(self.physics.A(x[..., :h, :w], params), params)
