@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .core.hypergrad import Solution, restore
+from .core.hypergrad import GRADIENT_MODES, Solution, restore
 from .core.physics import Observation, Params
 from .errors import InputError
 from .images import read_image
@@ -43,10 +43,15 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> Model:
 
 
 def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int, float]:
-    """``(max restarts, tolerance)``: ``T`` restarts (default: the checkpoint's), or up to
-    ``T`` (default 1000) restarts until the relative residual is ≤ ``tol``."""
+    """``(max restarts, tolerance)``: ``T`` restarts, or up to ``T`` (default 1000) restarts until the
+    relative residual is ≤ ``tol``. With neither, what training did: the checkpoint's T, or for a
+    checkpoint trained at the fixed point (jfb, deq) restarts to its ``train.tol`` (at most its
+    ``train.max_restarts``)."""
+    t = model.config.train
+    if tol is None and T is None and GRADIENT_MODES[t.gradient].equilibrium:
+        return t.max_restarts, t.tol
     if tol is None:
-        return (T or model.config.train.T), 0.0
+        return (T or t.T), 0.0
     return (T or MAX_RESTARTS_WITH_TOL), tol
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from retune_cli import checkpoint as ckpt
 from retune_cli.cli import app
 from retune_cli.config import grid_configs, parse_grid, resolve
-from retune_cli.core.physics import build_physics
+from retune_cli.core.operators import ChannelBlur, build_physics
 from retune_cli.errors import InputError
 from retune_cli.images import read_image
 
@@ -77,8 +77,12 @@ def test_grid_configs_names_and_values():
         assert (config.train.K, config.train.T) == (K, T)
         assert config.train.steps == 7 and config.preset == "denoise-wavelet-b"  # the rest is the base's
     assert (base.train.K, base.train.T) == (10, 10)  # the base config is not modified
+    # a text value names itself; a number is named with its key
     [(name, config)] = grid_configs(base, parse_grid("model.weights=bands-channels"))
-    assert name == "weightsbands-channels" and config.model.weights == "bands-channels"
+    assert name == "bands-channels" and config.model.weights == "bands-channels"
+    runs = grid_configs(base, parse_grid("gradient=retune,deq K=2"))
+    assert [name for name, _ in runs] == ["retune-K2", "deq-K2"]
+    assert [(c.train.gradient, c.train.K) for _, c in runs] == [("retune", 2), ("deq", 2)]
     assert [c.train.lr for _, c in grid_configs(base, parse_grid("lr=1e-2,0.5"))] == [0.01, 0.5]
 
 
@@ -154,8 +158,9 @@ def operator_runs(tmp_path_factory, image_folder) -> dict[str, Path]:
 def drawn_mask(shape: tuple[int, int], seed: int, keep: float = 0.1) -> np.ndarray:
     """The mask restore --simulate --seed draws for an image of ``shape`` (H, W): 1 = kept."""
     physics = build_physics("inpaint", sigma=[0.05], keep=keep)
-    physics.draw((1, 3, *shape), seed)
-    return physics.A(torch.ones(1, 3, *shape))[0, 0].numpy()
+    params = physics.draw((1, 3, *shape), seed)
+    assert params["mask"].shape == (1, 1, *shape)
+    return physics.A(torch.ones(1, 3, *shape), params)[0, 0].numpy()
 
 
 def write_mask(path: Path, mask: np.ndarray) -> Path:
@@ -220,9 +225,11 @@ def test_deblurring_restore_with_a_kernel(operator_runs, image_folder, tmp_path)
     # --simulate --kernel blurs with the given kernel: the observation is the 5×5 box blur plus σ = 0.05 noise
     ok(invoke("restore", checkpoint, clean, "--simulate", "--kernel", tmp_path / "box.npy", "-o", tmp_path / "b.npy",
               "--save-observation", tmp_path / "obs.npy"))
-    box = build_physics("deblur", sigma=[0.0], blur_width=5)
-    box.set_kernel(torch.full((5, 5), 1 / 25))
-    blurred = box.A(read_image(clean).unsqueeze(0))[0].numpy().transpose(1, 2, 0)
+    image = read_image(clean).unsqueeze(0)
+    physics = build_physics("deblur", sigma=[0.0], blur_width=5)
+    box = physics.A(image, physics.operator_params(torch.full((5, 5), 1 / 25), image.shape))
+    assert torch.equal(box, ChannelBlur([0.0], kernel=torch.full((5, 5), 1 / 25)).A(image))
+    blurred = box[0].numpy().transpose(1, 2, 0)
     assert np.std(np.load(tmp_path / "obs.npy") - blurred) == pytest.approx(0.05, rel=0.2)
     ok(invoke("restore", checkpoint, clean, "--simulate", "-o", tmp_path / "c.npy",
               "--save-observation", tmp_path / "default.npy"))

@@ -1,5 +1,6 @@
-"""Inpainting and deblurring physics: adjoints, kernels, ‖A‖, masks, noise, and the wavelet
-forward-backward scheme's fixed point under these operators (DESIGN.md §2.1, §2.3)."""
+"""Inpainting and deblurring physics: adjoints, kernels, ‖A‖, masks, noise, observations and their
+sharding, the physics registry, and the wavelet forward-backward scheme's fixed point under these
+operators (DESIGN.md §2.1, §2.3)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,31 @@ import torch
 import torch.nn.functional as F
 
 from retune_cli.config import resolve
+from retune_cli.core import operators
+from retune_cli.core.fixed_point import fixed_point
 from retune_cli.core.hypergrad import restore
-from retune_cli.core.implicit import fixed_point, leaves
-from retune_cli.core.physics import (
+from retune_cli.core.operators import (
+    PHYSICS,
     ChannelBlur,
-    ChannelGaussianNoise,
+    Denoise,
     RandomInpainting,
+    as_kernel,
     build_physics,
     channel_blur_kernel,
-    operator_norm,
-    operator_norm_bounds,
-    simulate,
+    register_physics,
 )
-from retune_cli.core.priors import group_soft_threshold
-from retune_cli.core.wavelets import Coefficients
+from retune_cli.core.physics import (
+    ChannelGaussianNoise,
+    NormBounds,
+    Observation,
+    Params,
+    Physics,
+    operator_norm,
+)
+from retune_cli.core.priors import WaveletWeights, group_soft_threshold
+from retune_cli.core.pytree import leaves
+from retune_cli.core.schemes import WaveletFB
+from retune_cli.core.wavelets import Coefficients, WaveletTransform
 from retune_cli.errors import InputError
 from retune_cli.models import build_scheme
 
@@ -35,35 +47,37 @@ def norm(a: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a))
 
 
-def inpainting(shape, seed: int = 0, keep: float = 0.3) -> RandomInpainting:
+def inpainting(shape, seed: int = 0, keep: float = 0.3) -> tuple[RandomInpainting, Params]:
+    """An inpainting physics and the mask parameters it draws for a batch of ``shape`` from ``seed``."""
     physics = build_physics("inpaint", sigma=[0.05], keep=keep)
-    physics.draw(shape, seed)
-    return physics
+    return physics, physics.draw(shape, seed)
 
 
-def dense_matrix(physics, shape: tuple[int, int, int], adjoint: bool = False) -> torch.Tensor:
+def dense_matrix(physics, shape: tuple[int, int, int], params: Params | None = None,
+                 adjoint: bool = False) -> torch.Tensor:
     """The n×n matrix of A (or Aᵀ) on images of ``shape`` (C, H, W), built column by column."""
     n = int(np.prod(shape))
     basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
     op = physics.A_adjoint if adjoint else physics.A
-    return torch.cat([op(basis[i : i + 64]) for i in range(0, n, 64)]).reshape(n, n).T
+    return torch.cat([op(basis[i : i + 64], params) for i in range(0, n, 64)]).reshape(n, n).T
 
 
 # --------------------------------------------------------------------------- adjoints
 
 
 @pytest.mark.parametrize("size", [(16, 16), (20, 28), (27, 13)])
-@pytest.mark.parametrize("how", ["draw", "set_mask"])
+@pytest.mark.parametrize("how", ["draw", "given"])
 def test_inpainting_adjoint(size, how):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
     y = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
     physics = build_physics("inpaint", sigma=[0.05], keep=0.4)
     if how == "draw":
-        physics.draw(x.shape, seed=5)
-    else:
-        physics.set_mask((torch.rand(1, 1, *size, generator=g) < 0.4).float())
-    ax, aty = physics.A(x), physics.A_adjoint(y)
+        params = physics.draw(x.shape, seed=5)
+        assert params["mask"].shape == (2, 1, *size)
+    else:  # a user's mask, shared by the batch
+        params = {"mask": (torch.rand(1, 1, *size, generator=g) < 0.4).float()}
+    ax, aty = physics.A(x, params), physics.A_adjoint(y, params)
     assert ax.dtype == aty.dtype == torch.float64
     assert abs(inner(ax, y) - inner(x, aty)) <= 1e-10 * norm(ax) * norm(y)
 
@@ -81,13 +95,24 @@ def test_deblurring_adjoint(size, width):
 
 
 def test_dense_adjoint_is_the_transpose():
-    """Column by column: the matrix of Aᵀ is the transpose of the matrix of A (a measured kernel too)."""
+    """Column by column: the matrix of Aᵀ is the transpose of the matrix of A (a measured kernel too,
+    given as parameters or at construction)."""
     shape = (3, 8, 10)
+    measured = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(0))
     blur = build_physics("deblur", sigma=[0.05], blur_width=3)
-    blur.set_kernel(torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(0)))
-    for physics in (blur, inpainting((1, *shape))):
-        a = dense_matrix(physics, shape)
-        assert torch.allclose(dense_matrix(physics, shape, adjoint=True), a.T, rtol=0, atol=1e-13)
+    cases = [
+        (blur, None),
+        (blur, blur.operator_params(measured, (1, *shape))),
+        (ChannelBlur([0.05], kernel=measured), None),
+        inpainting((1, *shape)),
+    ]
+    for physics, params in cases:
+        a = dense_matrix(physics, shape, params)
+        assert torch.allclose(dense_matrix(physics, shape, params, adjoint=True), a.T, rtol=0, atol=1e-13)
+    # the measured kernel is the same operator whichever way it is given, and not the configured one
+    given = dense_matrix(blur, shape, {"kernel": as_kernel(measured)})
+    assert torch.equal(given, dense_matrix(ChannelBlur([0.05], kernel=measured), shape))
+    assert not torch.allclose(given, dense_matrix(blur, shape))
 
 
 # --------------------------------------------------------------------------- the channel-wise blur
@@ -138,6 +163,7 @@ def test_blur_kernels_sum_to_one(width):
     assert torch.allclose(kernel.sum(dim=(-2, -1)), torch.ones(1, 3))
     assert torch.all(kernel >= 0)
     physics = build_physics("deblur", sigma=[0.05], blur_width=width)
+    assert torch.equal(physics.kernel, kernel)
     ones = torch.ones(1, 3, 26, 30, dtype=torch.float64)
     assert torch.allclose(physics.A(ones), ones, rtol=0, atol=1e-6)  # constants are kept
 
@@ -146,10 +172,25 @@ def test_blur_kernel_refusals():
     with pytest.raises(ValueError):
         channel_blur_kernel(0)
     physics = build_physics("deblur", sigma=[0.05], blur_width=25)
-    with pytest.raises(ValueError, match="smaller than the blur kernel"):
+    with pytest.raises(ValueError, match="smaller than the .*blur kernel"):
         physics.A(torch.zeros(1, 3, 20, 40))
+    with pytest.raises(ValueError, match="smaller than the .*blur kernel"):
+        physics.check_fits((1, 3, 20, 40))
+    physics.check_fits((1, 3, 25, 25))  # exactly the kernel's size fits
     with pytest.raises(ValueError):
-        physics.set_kernel(torch.ones(2, 5, 5))  # two channels
+        as_kernel(torch.ones(2, 5, 5))  # two channels
+    with pytest.raises(ValueError):
+        physics.operator_params(torch.ones(2, 5, 5), (1, 3, 32, 32))
+    with pytest.raises(ValueError):
+        ChannelBlur([0.05], kernel=torch.ones(2, 5, 5))
+    with pytest.raises(ValueError):
+        as_kernel(torch.full((3, 3), float("nan")))
+    with pytest.raises(ValueError, match="smaller than the .*blur kernel"):  # a user kernel too large
+        physics.operator_params(torch.full((9, 9), 1 / 81), (1, 3, 8, 16))
+    # a measured kernel given as parameters is checked against the image, not the configured kernel
+    small = physics.operator_params(torch.full((3, 3), 1 / 9), (1, 3, 8, 8))
+    assert small["kernel"].shape == (1, 3, 3, 3)
+    assert physics.A(torch.ones(1, 3, 8, 8), small).shape == (1, 3, 8, 8)
 
 
 # --------------------------------------------------------------------------- ‖A‖
@@ -159,52 +200,92 @@ def test_operator_norm_matches_a_dense_computation_for_the_blur():
     shape = (3, 12, 12)
     like = torch.zeros(1, *shape, dtype=torch.float64)
     uniform = build_physics("deblur", sigma=[0.05], blur_width=5)
-    measured = build_physics("deblur", sigma=[0.05], blur_width=5)
     # a kernel that does not sum to 1 and has negative taps: ‖A‖ is then not 1
-    measured.set_kernel(torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    kernel = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    params = uniform.operator_params(kernel, like.shape)
+    measured = ChannelBlur([0.05], blur_width=5, kernel=kernel)
     dense = {}
-    for name, physics in (("uniform", uniform), ("measured", measured)):
-        dense[name] = float(torch.linalg.matrix_norm(dense_matrix(physics, shape), 2))
-        assert operator_norm(physics, like, iterations=2000, tol=1e-13) == pytest.approx(dense[name], rel=1e-9)
+    for name, physics, p in (("uniform", uniform, None), ("measured", uniform, params),
+                             ("constructed", measured, None)):
+        dense[name] = float(torch.linalg.matrix_norm(dense_matrix(physics, shape, p), 2))
+        assert operator_norm(physics, like, p, iterations=2000, tol=1e-13) == pytest.approx(dense[name], rel=1e-9)
+    assert dense["constructed"] == dense["measured"]
     assert dense["uniform"] == pytest.approx(1.0, rel=1e-6)
     assert operator_norm(uniform, like) == pytest.approx(1.0, rel=1e-6)  # well separated: converged
     # The random kernel's two largest singular values are 7.4705 and 7.4320: the default 100 iterations
     # stop 1.4e-4 short. Power iteration approaches ‖A‖ from below (the unsafe side for τ = 1.95/L, whose
     # 2.5 % margin absorbs this).
-    estimate = operator_norm(measured, like)
+    estimate = operator_norm(uniform, like, params)
     assert dense["measured"] * (1 - 1e-3) <= estimate <= dense["measured"] * (1 + 1e-12)
     assert dense["measured"] != pytest.approx(1.0, rel=1e-2)
-    assert operator_norm_bounds(measured, like)[0] == pytest.approx(estimate, rel=1e-12)
-    assert operator_norm_bounds(measured, like)[1] == 0.0
+    for bounds in (uniform.norm_bounds(like, params), measured.norm_bounds(like)):
+        assert isinstance(bounds, NormBounds)
+        assert bounds.norm == pytest.approx(estimate, rel=1e-12)
+        assert bounds.sigma_min == 0.0
+        assert bounds[0] == bounds.norm and bounds[1] == 0.0
 
 
 def test_operator_norm_of_a_mask():
     shape = (3, 12, 12)
     like = torch.zeros(1, *shape, dtype=torch.float64)
-    physics = inpainting((1, *shape), seed=4, keep=0.2)
-    dense = float(torch.linalg.matrix_norm(dense_matrix(physics, shape), 2))
+    physics, params = inpainting((1, *shape), seed=4, keep=0.2)
+    dense = float(torch.linalg.matrix_norm(dense_matrix(physics, shape, params), 2))
     assert dense == 1.0  # exactly one as soon as one pixel is kept
-    assert operator_norm(physics, like) == pytest.approx(1.0, rel=1e-9)
-    assert operator_norm_bounds(physics) == (1.0, 0.0)
-    physics.set_mask(torch.zeros(1, 1, 12, 12))
-    assert float(torch.linalg.matrix_norm(dense_matrix(physics, shape), 2)) == 0.0
-    assert operator_norm(physics, like) == 0.0
+    assert operator_norm(physics, like, params) == pytest.approx(1.0, rel=1e-9)
+    assert physics.norm_bounds(like, params) == (1.0, 0.0)
+    assert physics.norm_bounds(like) == (1.0, 0.0)  # known without the mask
+    empty = {"mask": torch.zeros(1, 1, 12, 12)}
+    assert float(torch.linalg.matrix_norm(dense_matrix(physics, shape, empty), 2)) == 0.0
+    assert operator_norm(physics, like, empty) == 0.0
 
 
-def test_set_kernel_invalidates_the_cached_operator_norm():
+def test_identity_norm_bounds():
+    physics = build_physics("denoise", sigma=[0.05])
+    like = torch.zeros(1, 3, 12, 12, dtype=torch.float64)
+    assert physics.identity and physics.injective
+    assert physics.norm_bounds(like) == (1.0, 1.0)
+    assert operator_norm(physics, like) == pytest.approx(1.0, rel=1e-12)
+    for name in ("inpaint", "deblur"):
+        assert not PHYSICS[name].identity and not PHYSICS[name].injective
+
+
+def test_operator_norm_is_cached_per_kernel(monkeypatch):
+    """‖A‖ is computed once per image shape and kernel content: another kernel (as parameters or at
+    construction) gets its own norm, and the configured kernel's is not overwritten."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return operator_norm(*args, **kwargs)
+
+    monkeypatch.setattr(operators, "operator_norm", counting)
     like = torch.zeros(1, 3, 12, 12, dtype=torch.float64)
     physics = build_physics("deblur", sigma=[0.05], blur_width=5)
-    assert operator_norm_bounds(physics, like)[0] == pytest.approx(1.0, rel=1e-6)
-    physics.set_kernel(2 * channel_blur_kernel(5))  # ‖A‖ = 2
-    assert operator_norm_bounds(physics, like)[0] == pytest.approx(2.0, rel=1e-6)
+    assert physics.norm_bounds(like).norm == pytest.approx(1.0, rel=1e-6)
+    doubled = {"kernel": as_kernel(2 * channel_blur_kernel(5))}  # ‖A‖ = 2
+    assert physics.norm_bounds(like, doubled).norm == pytest.approx(2.0, rel=1e-6)
+    assert physics.norm_bounds(like).norm == pytest.approx(1.0, rel=1e-6)
+    assert len(calls) == 2
+    # the same kernel content in another tensor, another batch size: cached
+    again = {"kernel": as_kernel(2 * channel_blur_kernel(5))}
+    assert physics.norm_bounds(like.expand(4, -1, -1, -1), again).norm == pytest.approx(2.0, rel=1e-6)
+    assert len(calls) == 2
+    # another image shape: computed again
+    taller = torch.zeros(1, 3, 16, 12, dtype=torch.float64)
+    assert physics.norm_bounds(taller).norm == operator_norm(physics, taller) == pytest.approx(1.0, rel=1e-4)
+    assert len(calls) == 3
+    # a new physics with the kernel at construction
+    constructed = ChannelBlur([0.05], blur_width=5, kernel=2 * channel_blur_kernel(5))
+    assert constructed.norm_bounds(like).norm == pytest.approx(2.0, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- masks, noise, simulate
 
 
 def test_mask_is_shared_by_the_channels_and_drawn_per_image():
-    physics = inpainting((3, 3, 40, 40), seed=7, keep=0.3)
-    kept = physics.A(torch.ones(3, 3, 40, 40))
+    physics, params = inpainting((3, 3, 40, 40), seed=7, keep=0.3)
+    assert params["mask"].shape == (3, 1, 40, 40)
+    kept = physics.A(torch.ones(3, 3, 40, 40), params)
     assert torch.equal(kept[:, 0], kept[:, 1]) and torch.equal(kept[:, 0], kept[:, 2])
     assert set(kept.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(kept[0], kept[1])  # each image of a batch has its own mask
@@ -212,7 +293,8 @@ def test_mask_is_shared_by_the_channels_and_drawn_per_image():
 
 def test_mask_comes_from_the_seed_and_keeps_the_requested_fraction():
     def mask(seed, keep=0.1):
-        return inpainting((1, 3, 128, 128), seed, keep).A(torch.ones(1, 3, 128, 128))[0, 0]
+        physics, params = inpainting((1, 3, 128, 128), seed, keep)
+        return physics.A(torch.ones(1, 3, 128, 128), params)[0, 0]
 
     assert torch.equal(mask(3), mask(3))
     assert not torch.equal(mask(3), mask(4))
@@ -224,40 +306,60 @@ def test_mask_comes_from_the_seed_and_keeps_the_requested_fraction():
         build_physics("inpaint", sigma=[0.05], keep=0.0)
 
 
-def test_an_inpainting_mask_must_be_set_before_use():
+def test_an_inpainting_mask_must_be_given_before_use():
     physics = build_physics("inpaint", sigma=[0.05])
-    with pytest.raises(ValueError, match="mask is not set"):
-        physics.A(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="mask is not set"):
-        simulate(physics, torch.zeros(1, 3, 8, 8), seed=0, redraw=False)
+    for params in (None, {}, {"kernel": channel_blur_kernel(3)}):
+        with pytest.raises(ValueError, match="mask is not set"):
+            physics.A(torch.zeros(1, 3, 8, 8), params)
+        with pytest.raises(ValueError, match="mask is not set"):
+            physics.A_adjoint(torch.zeros(1, 3, 8, 8), params)
+    with pytest.raises(ValueError, match="mask is not set"):  # given parameters without a mask: no draw
+        physics.simulate(torch.zeros(1, 3, 8, 8), seed=0, params={})
 
 
 @pytest.mark.parametrize("name", ["denoise", "inpaint", "deblur"])
 def test_simulate_is_deterministic(name):
     physics = build_physics(name, sigma=[0.05, 0.1, 0.2], keep=0.3, blur_width=5)
     clean = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(0))
-    first = simulate(physics, clean, seed=12)
-    assert torch.equal(simulate(physics, clean, seed=12), first)
-    assert not torch.allclose(simulate(physics, clean, seed=13), first)
-    assert first.shape == clean.shape and first.dtype == clean.dtype
+    first = physics.simulate(clean, seed=12)
+    assert isinstance(first, Observation)
+    again = physics.simulate(clean, seed=12)
+    assert torch.equal(again.y, first.y)
+    assert again.params.keys() == first.params.keys() == ({"mask"} if name == "inpaint" else set())
+    assert all(torch.equal(again.params[k], v) for k, v in first.params.items())
+    assert not torch.allclose(physics.simulate(clean, seed=13).y, first.y)
+    assert first.y.shape == clean.shape and first.y.dtype == clean.dtype
 
 
-def test_simulate_keeps_a_given_mask_without_redraw():
+def test_simulate_keeps_given_parameters():
     physics = build_physics("inpaint", sigma=[0.0])
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., ::2, :] = 1
-    physics.set_mask(mask)
     clean = torch.rand(1, 3, 16, 16)
-    assert torch.equal(simulate(physics, clean, seed=1, redraw=False), clean * mask)
+    obs = physics.simulate(clean, seed=1, params={"mask": mask})
+    assert torch.equal(obs.y, clean * mask)
+    assert obs.params["mask"] is mask
+    # a user's mask image (white = known) gives the same parameters
+    image = torch.cat([mask[0] * 0.9, torch.zeros(2, 16, 16)])
+    assert torch.equal(physics.operator_params(image, clean.shape)["mask"], mask)
+    with pytest.raises(ValueError, match="16×16"):
+        physics.operator_params(image[:, :, :8], clean.shape)
+    # a given kernel blurs with it, not with the configured one
+    blur = build_physics("deblur", sigma=[0.0], blur_width=5)
+    box = {"kernel": as_kernel(torch.full((3, 3), 1 / 9))}
+    obs = blur.simulate(clean, seed=1, params=box)
+    assert torch.equal(obs.y, ChannelBlur([0.0], kernel=torch.full((3, 3), 1 / 9)).A(clean))
+    assert not torch.allclose(obs.y, blur.simulate(clean, seed=1).y)
 
 
 def test_inpainting_observation_is_zero_exactly_where_pixels_are_missing():
     clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     physics = build_physics("inpaint", sigma=[0.05], keep=0.3)
-    y = simulate(physics, clean, seed=2)
-    mask = physics.A(torch.ones_like(clean)) > 0
-    assert torch.all(y[mask] != 0)
-    assert torch.all(y[~mask] == 0)
+    obs = physics.simulate(clean, seed=2)
+    mask = physics.A(torch.ones_like(clean), obs.params) > 0
+    assert torch.equal(mask, obs.params["mask"].expand_as(clean) > 0)
+    assert torch.all(obs.y[mask] != 0)
+    assert torch.all(obs.y[~mask] == 0)
 
 
 @pytest.mark.parametrize("sigma", [[0.05, 0.2, 0.4], [0.15]])
@@ -284,11 +386,135 @@ def test_channel_noise_refuses_bad_sigmas():
     assert torch.equal(ChannelGaussianNoise([0.0])(torch.ones(1, 3, 4, 4), seed=0), torch.ones(1, 3, 4, 4))
 
 
+# --------------------------------------------------------------------------- observations: sharding
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shard_slices_per_image_params_and_keeps_shared_ones(world):
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kernel = as_kernel(torch.full((3, 3), 1 / 9))
+    observed = {
+        "inpaint": build_physics("inpaint", sigma=[0.05], keep=0.3).simulate(x, seed=4),
+        "deblur": build_physics("deblur", sigma=[0.05], blur_width=5).simulate(x, seed=4, params={"kernel": kernel}),
+    }
+    for name, obs in observed.items():
+        pieces = [obs.shard(rank, world) for rank in range(world)]
+        for rank, piece in enumerate(pieces):
+            assert torch.equal(piece.y, obs.y[rank::world])
+            if name == "inpaint":  # per image (batch N): sliced with the images
+                assert torch.equal(piece.params["mask"], obs.params["mask"][rank::world])
+                assert piece.params["mask"].shape[0] == piece.y.shape[0]
+            else:  # shared (batch 1): kept whole
+                assert piece.params["kernel"] is kernel
+        assert sum(p.y.shape[0] for p in pieces) == 6
+
+
+@pytest.mark.parametrize("name", ["inpaint", "deblur"])
+def test_sharded_observation_is_the_operator_on_the_shard(name):
+    """simulate then shard = A (with the shard's own parameters) on the shard of the clean images."""
+    physics = build_physics(name, sigma=[0.0], keep=0.3, blur_width=5)
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    obs = physics.simulate(x, seed=9)
+    for rank in range(2):
+        shard = obs.shard(rank, 2)
+        assert torch.equal(shard.y, physics.A(x[rank::2], shard.params))
+        z = torch.rand_like(shard.y)  # Aᵀ on the shard: its own masks
+        assert torch.equal(physics.A_adjoint(z, shard.params), physics.A_adjoint(
+            torch.zeros_like(obs.y).index_copy(0, torch.arange(rank, 5, 2), z), obs.params)[rank::2])
+    # with noise: the shard's observation is the full batch's rows, not a redraw
+    noisy = build_physics(name, sigma=[0.1], keep=0.3, blur_width=5).simulate(x, seed=9)
+    assert torch.equal(noisy.shard(1, 2).y, noisy.y[1::2])
+
+
+def test_observation_to_keeps_masks_binary():
+    physics = build_physics("inpaint", sigma=[0.05], keep=0.3)
+    obs = physics.simulate(torch.rand(2, 3, 8, 8), seed=0)
+    moved = obs.to(torch.float64)
+    assert moved.y.dtype == moved.params["mask"].dtype == torch.float64
+    assert set(moved.params["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(moved.params["mask"].float(), obs.params["mask"])
+
+
+# --------------------------------------------------------------------------- the registry
+
+
 def test_build_physics_types_and_unknown_name():
+    assert set(PHYSICS) == {"denoise", "inpaint", "deblur"}
+    assert isinstance(build_physics("denoise", sigma=[0.1]), Denoise)
     assert isinstance(build_physics("inpaint", sigma=[0.1]), RandomInpainting)
     assert isinstance(build_physics("deblur", sigma=[0.1]), ChannelBlur)
+    for name, cls in PHYSICS.items():
+        assert cls.name == name and issubclass(cls, Physics)
+    # options a class does not declare are ignored; declared ones are passed
+    assert build_physics("denoise", sigma=[0.1], keep=0.3, blur_width=5).noise.sigma.tolist() == pytest.approx([0.1])
+    assert build_physics("inpaint", sigma=[0.1], keep=0.3, blur_width=5).keep == 0.3
+    assert build_physics("deblur", sigma=[0.1], keep=0.3, blur_width=5).kernel.shape == (1, 3, 5, 5)
     with pytest.raises(ValueError, match="unknown physics"):
         build_physics("telepathy", sigma=[0.1])
+
+
+class Half(Physics):
+    """A tiny new physics: ``A = ½ I``."""
+
+    name = "half"
+
+    def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return 0.5 * x
+
+    A_adjoint = A
+
+
+@pytest.fixture
+def half():
+    """``Half`` registered for the test only."""
+    assert "half" not in PHYSICS
+    try:
+        yield register_physics(Half)
+    finally:
+        PHYSICS.pop("half", None)
+
+
+def test_registry_is_restored_after_a_new_physics(half):
+    assert "half" in PHYSICS
+
+
+def test_a_registered_physics_works_end_to_end(half):
+    """``register_physics`` makes ``build_physics`` (and the config) return it; with the default ‖A‖
+    by power iteration, wavelet FB restores with it the minimizer of the equivalent denoising problem:
+    ½‖½x − y‖² + ‖θDx‖ = ¼ (½‖x − 2y‖² + ‖4θDx‖)."""
+    assert half is Half and PHYSICS["half"] is Half
+    physics = build_physics("half", sigma=[0.05], keep=0.3, blur_width=5)
+    assert isinstance(physics, Half) and physics.name == "half"
+    clean = smooth(16, 16)
+    obs = physics.simulate(clean, seed=0)
+    assert obs.params == {}
+    assert torch.allclose(obs.y, 0.5 * clean, atol=0.3)
+    bounds = physics.norm_bounds(obs.y)
+    assert bounds.norm == pytest.approx(0.5, rel=1e-9) and bounds.sigma_min == 0.0
+
+    def wavelet(physics: Physics, scale: float, rule: str) -> WaveletFB:
+        weights = WaveletWeights(2, "bands", channels=3, init_lambda=0.05 * scale)
+        return WaveletFB(physics, WaveletTransform("db4", 2), weights, rule).double()
+
+    scheme = wavelet(physics, 1.0, "safe")
+    ctx = scheme.prepare(obs)
+    theta = torch.cat([t.flatten() for t in scheme.theta.diagonal()]).detach()
+    assert float(ctx.lipschitz.detach()) == pytest.approx(0.25 / float(theta.min()) ** 2, rel=1e-8)
+    solution = restore(scheme, obs, K=10, max_restarts=2000, tol=1e-12)
+    assert solution.residual <= 1e-12 and solution.restarts < 2000
+    assert solution.x.shape == clean.shape
+
+    reference = restore(wavelet(build_physics("denoise", sigma=[0.05]), 4.0, "optimal"), 2 * obs.y, K=10,
+                        max_restarts=2000, tol=1e-13)
+    assert reference.residual <= 1e-13
+    assert torch.allclose(solution.x, reference.x, rtol=0, atol=1e-8)
+    assert float(torch.mean((solution.x - clean) ** 2)) < float(torch.mean((2 * obs.y - clean) ** 2))
+
+    # and through a config: physics.name is validated against the registry
+    config = resolve("denoise-wavelet-b", {"physics.name": "half", "model.step_rule": "safe"})
+    assert isinstance(build_scheme(config).physics, Half)
+    with pytest.raises(InputError, match="step_rule"):  # not injective
+        resolve("denoise-wavelet-b", {"physics.name": "half", "model.step_rule": "optimal"})
 
 
 # --------------------------------------------------------------------------- wavelet FB with A ≠ I
@@ -318,18 +544,19 @@ def fb_problem(case: str):
         for p in scheme.theta.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64))
     clean = smooth(*SIZE)
-    return scheme, clean, simulate(scheme.physics, clean, seed=0)
+    return scheme, clean, scheme.physics.simulate(clean, seed=0)
 
 
-def smooth_gradient(scheme, y: torch.Tensor, u: Coefficients) -> tuple[Coefficients, list, float]:
+def smooth_gradient(scheme, obs: Observation, u: Coefficients) -> tuple[Coefficients, list, float]:
     """Independently of the scheme's step: ``G = θ⁻¹ D Aᵀ(A Dᵀ θ⁻¹ u − y)`` on the padded domain (A acts on
     the top-left crop of y's size, Aᵀ is zero on the padding), θ per level, and θ on the approximation."""
     theta = scheme.theta.diagonal()
     top = float(torch.cat([t.flatten() for t in theta]).max())
     tr = scheme.transform
+    y, params = obs.y, obs.params
     h, w = y.shape[-2:]
     x = tr.synthesis(Coefficients(u.approx / top, tuple(d / t for d, t in zip(u.details, theta))))
-    back = scheme.physics.A_adjoint(scheme.physics.A(x[..., :h, :w]) - y)
+    back = scheme.physics.A_adjoint(scheme.physics.A(x[..., :h, :w], params) - y, params)
     back = F.pad(back, (0, x.shape[-1] - w, 0, x.shape[-2] - h))
     d = tr.analysis(back)
     return Coefficients(d.approx / top, tuple(c / t for c, t in zip(d.details, theta))), theta, top
@@ -337,14 +564,15 @@ def smooth_gradient(scheme, y: torch.Tensor, u: Coefficients) -> tuple[Coefficie
 
 @pytest.mark.parametrize("case", ["inpaint", "deblur"])
 def test_wavelet_fb_step_rule_safe(case):
-    scheme, _, y = fb_problem(case)
-    ctx = scheme.prepare(y)
+    scheme, _, obs = fb_problem(case)
+    ctx = scheme.prepare(obs)
     theta = torch.cat([t.flatten() for t in scheme.theta.diagonal()]).detach()
-    a_norm = operator_norm(scheme.physics, y) if case == "deblur" else 1.0
+    a_norm = operator_norm(scheme.physics, obs.y, obs.params) if case == "deblur" else 1.0
     lipschitz = a_norm**2 / float(theta.min()) ** 2
     assert float(ctx.lipschitz.detach()) == pytest.approx(lipschitz, rel=1e-6)
     assert float(torch.as_tensor(ctx.strong_convexity).detach()) == 0.0
     assert float(ctx.tau.detach()) == pytest.approx(1.95 / lipschitz, rel=1e-6)
+    assert float(scheme.step_size(obs).detach()) == pytest.approx(1.95 / lipschitz, rel=1e-6)
     assert float(scheme.contraction(ctx).detach()) == 1.0  # μ = 0: no contraction factor below 1
 
 
@@ -352,21 +580,23 @@ def test_wavelet_fb_step_rule_safe(case):
 def test_wavelet_fb_converges_to_the_minimizer(case):
     """min_u ½‖A Dᵀ θ⁻¹ u − y‖² + ‖u‖_{1,2}: the restarted scheme's limit is a fixed point of the FB map
     (recomputed here from the formula) and satisfies the optimality condition 0 ∈ G(u) + ∂‖u‖_{1,2}."""
-    scheme, _, y = fb_problem(case)
-    residuals = [restore(scheme, y, K=10, max_restarts=T).residual for T in (1, 4, 16)]
+    scheme, _, obs = fb_problem(case)
+    # (the residual is that of the scheme's iterate: the weighted wavelet coefficients u)
+    residuals = [restore(scheme, obs, K=10, max_restarts=T).residual for T in (1, 4, 16)]
     assert residuals[0] > residuals[1] > residuals[2]
-    fp = restore(scheme, y, K=10, max_restarts=400, tol=1e-12)
-    assert fp.residual <= 1e-12 and fp.x.shape == y.shape
+    fp = restore(scheme, obs, K=10, max_restarts=400, tol=1e-12)
+    assert fp.residual <= 1e-12 and fp.restarts < 400 and fp.x.shape == obs.y.shape
 
     with torch.no_grad():
-        ctx = scheme.prepare(y)
-        u, residual, _ = fixed_point(scheme, ctx, scheme.init(ctx), 10, 1e-13, 400)
-        assert residual <= 1e-13
+        ctx = scheme.prepare(obs)
+        u, stats = fixed_point(lambda v: scheme.restart(v, ctx, 10), scheme.init(ctx), 1e-13, 400)
+        assert stats.residual <= 1e-13
+        assert stats.iterations >= fp.restarts  # a tighter tolerance: at least as many restarts
         assert torch.allclose(scheme.output(u, ctx), fp.x, rtol=0, atol=1e-9)
-        grad, theta, _ = smooth_gradient(scheme, y, u)
+        grad, theta, _ = smooth_gradient(scheme, obs, u)
         tau = 1.95 * float(torch.cat([t.flatten() for t in theta]).min()) ** 2
         if case == "deblur":
-            tau /= operator_norm(scheme.physics, y) ** 2
+            tau /= operator_norm(scheme.physics, obs.y, obs.params) ** 2
         dims = scheme.theta.group_dims
         # u = φ(u): forward step on everything, group soft-thresholding on the details only
         mapped = [u.approx - tau * grad.approx]
@@ -391,3 +621,6 @@ def test_optimal_step_rule_is_refused_without_an_injective_operator(preset):
     assert resolve(preset).model.step_rule == "safe"
     with pytest.raises(InputError, match="step_rule"):
         resolve(preset, {"model.step_rule": "optimal"})
+    scheme = build_scheme(resolve(preset))
+    with pytest.raises(ValueError, match="step_rule must be one of"):
+        WaveletFB(scheme.physics, scheme.transform, scheme.theta, step_rule="bad")

@@ -47,7 +47,7 @@ def compare_grads(
         import torch
 
         from ..config import resolve
-        from ..core.implicit import ADJOINT_SOLVERS
+        from ..core.adjoint import ADJOINT_SOLVERS
         from ..errors import InputError
         from ..gradients import compare_gradients
         from ..plots import plot_gradient_errors

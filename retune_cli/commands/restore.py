@@ -28,7 +28,8 @@ def restore(
         Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C).")
     ] = None,
     T: Annotated[
-        int | None, typer.Option("--T", help="Restarts (default: the checkpoint's T; cap with --tol).")
+        int | None,
+        typer.Option("--T", help="Restarts (default: the checkpoint's T, or its train.tol for jfb/deq runs)."),
     ] = None,
     tol: Annotated[
         float | None,

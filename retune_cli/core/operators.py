@@ -152,6 +152,8 @@ class ChannelBlur(Physics):
         kernel = self._kernel(params)
         key = (id(kernel), tuple(x.shape[-3:]), x.device, x.dtype)
         if key not in self._operators:
+            if len(self._operators) >= 16:  # user kernels come and go: keep the cache small
+                self._operators.clear()
             self.check_fits(x.shape, kernel)
             op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
             self._operators[key] = (kernel, op)
@@ -166,7 +168,7 @@ class ChannelBlur(Physics):
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         """``‖A‖`` by power iteration once per image shape and kernel; ``σ_min = 0``."""
         kernel = self._kernel(params)
-        key = (tuple(like.shape[1:]), hash(kernel.detach().cpu().numpy().tobytes()))
+        key = (tuple(like.shape[1:]), tuple(kernel.shape), hash(kernel.detach().cpu().numpy().tobytes()))
         if key not in self._norms:
             self._norms[key] = operator_norm(self, like[:1].detach(), params)
         return NormBounds(self._norms[key], 0.0)
