@@ -5,7 +5,9 @@ Runs ``retune train`` (preset denoise-wavelet-b, built-in samples) as one proces
 step from each run's log.csv (first steps dropped as warm-up). Each process uses one thread, so two
 processes use the machine's two cores. Writes bench/results/distributed.json.
 
-    python bench/bench_distributed.py [--steps 30] [--crop 128] [--batch-size 4]
+    python bench/bench_distributed.py [--steps 30] [--crop 128] [--batch-size 4] [--json PATH] [--quick]
+
+``--quick``: a smoke run (7 steps, crop 32, batch 2, output in /tmp/retune-bench/distributed.json).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine_info, pick_device, write_json
+from common import flags, machine_info, parse_args, pick_device, write_json
 
 WARMUP = 5
 
@@ -45,18 +47,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args()
+    args = parse_args(parser, "distributed.json", {"steps": WARMUP + 2, "crop": 32, "batch_size": 2})
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(n, Path(tmp) / f"p{n}", args) for n in (1, 2)]
     result = {
         "benchmark": "distributed training throughput",
         "machine": machine_info(pick_device()),
-        "setup": {**vars(args), "preset": "denoise-wavelet-b", "threads_per_process": 1, "warmup_steps": WARMUP,
+        "setup": {**flags(args), "preset": "denoise-wavelet-b", "threads_per_process": 1, "warmup_steps": WARMUP,
                   "torch": torch.__version__},
         "runs": runs,
         "speedup_2_over_1": runs[0]["seconds_per_step"] / runs[1]["seconds_per_step"],
     }
-    path = write_json("distributed.json", result)
+    path = write_json(args.json, result)
     for r in runs:
         print(f"{r['processes']} process(es): {r['steps_per_second']:.2f} steps/s")
     print(f"speed-up ×{result['speedup_2_over_1']:.2f} → {path}")

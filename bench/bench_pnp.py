@@ -2,13 +2,16 @@
 and, when a GPU is present, on CUDA.
 
 For each PnP preset (inpaint-pnp, deblur-pnp, inpaint-pnp-denoiser, deblur-pnp-denoiser) and each
-device, one training step (solve + MSE + backward + Adam) is timed (median of --rounds after a
-warm-up) for (K, T) = (K, 1) and (K, 10) with the ReTune gradient. Memory: the bytes autograd
-saves for backward (retune_cli.core.memory.saved_tensor_bytes) on every device, and
+device, one training step (the project's ``retune_cli.train.train_step``: solve + MSE + backward +
+Adam) is timed (median of --rounds after a warm-up) for (K, T) = (K, 1) and (K, 10) with the ReTune
+gradient; each round observes the batch anew (``physics.simulate``, seed 0). Memory: the bytes
+autograd saves for backward (retune_cli.core.memory.saved_tensor_bytes) on every device, and
 torch.cuda.max_memory_allocated on CUDA. Goal: ReTune's memory at T=10 over T=1 ≤ 1.1.
 Writes bench/results/pnp.json.
 
-    python bench/bench_pnp.py [--crop 64] [--batch-size 4] [--K 10] [--rounds 3]
+    python bench/bench_pnp.py [--crop 64] [--batch-size 4] [--K 10] [--rounds 3] [--json PATH] [--quick]
+
+``--quick``: a smoke run (crop 32, batch 1, K 2, 1 round, output in /tmp/retune-bench/pnp.json).
 """
 
 from __future__ import annotations
@@ -18,37 +21,33 @@ import statistics
 import time
 
 import torch
-from common import limit_threads, machine_info, write_json
+from common import flags, limit_threads, machine_info, parse_args, write_json
 
 from retune_cli.config import resolve
-from retune_cli.core.hypergrad import solve
 from retune_cli.core.memory import saved_tensor_bytes
-from retune_cli.core.physics import simulate
 from retune_cli.data import ImageFolder, training_batch
-from retune_cli.models import build_scheme, trainable
+from retune_cli.models import solve_options
+from retune_cli.train import new_state, train_step
 
 PRESETS = ("inpaint-pnp", "deblur-pnp", "inpaint-pnp-denoiser", "deblur-pnp-denoiser")
 
 
 def one_step(preset: str, device: torch.device, K: int, T: int, args: argparse.Namespace) -> dict:
     config = resolve(preset)
-    scheme = build_scheme(config, device)
-    optimizer = torch.optim.Adam(trainable(scheme).values(), lr=config.train.lr)
+    state = new_state(config, device, None)
+    options = solve_options(config.train, K=K, T=T)
     clean = training_batch(ImageFolder.open(None), 0, args.batch_size, args.crop, 0).to(device)
     times, saved, peak = [], 0, 0
     for round_ in range(args.rounds + 1):
         with torch.no_grad():
-            observed = simulate(scheme.physics, clean, 0)
+            obs = state.scheme.physics.simulate(clean, 0)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         start = time.perf_counter()
-        with saved_tensor_bytes() as counter:
-            loss = torch.mean((solve(scheme, observed, K, T, "retune") - clean) ** 2)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        with saved_tensor_bytes() as counter:  # the backward inside saves nothing more
+            train_step(state, clean, obs, options, "retune")
         if device.type == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
@@ -64,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--K", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(parser, "pnp.json", {"crop": 32, "batch_size": 1, "K": 2, "rounds": 1})
     limit_threads()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = {}
@@ -88,11 +87,11 @@ def main() -> None:
             cpu, cuda = results[f"cpu/{preset}"]["rows"][1], results[f"cuda/{preset}"]["rows"][1]
             results[f"speedup_cuda_over_cpu/{preset}"] = cpu["seconds_per_step"] / cuda["seconds_per_step"]
     write_json(
-        "pnp.json",
+        args.json,
         {
             "benchmark": "PnP-FB DRUNet training step",
             "machine": machine_info(devices[-1]),
-            "setup": vars(args),
+            "setup": flags(args),
             "results": results,
         },
     )

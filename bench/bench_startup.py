@@ -6,21 +6,22 @@ floor. One warm-up run each (file cache), then ``--runs`` (≥ 5) rounds, the co
 each round; medians. ``python -X importtime`` of ``retune --help`` records which top-level modules it
 loads and the slowest of them.
 
-    python bench/bench_startup.py [--runs 5]
+    python bench/bench_startup.py [--runs 5] [--json PATH] [--quick]
+
+``--quick``: a smoke run (1 run, output in /tmp/retune-bench/startup.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, limit_threads, machine_info, pick_device, summary, write_json
+from common import REPO_ROOT, interleaved, limit_threads, machine_info, parse_args, pick_device, summary, write_json
 
 
 def console_script() -> str:
@@ -69,9 +70,7 @@ def import_profile(script: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per command (≥5); default 5")
-    args = parser.parse_args()
-    if args.runs < 5:
-        parser.error("--runs must be at least 5")
+    args = parse_args(parser, "startup.json", {"runs": 1}, at_least={"runs": 5})
     limit_threads()
     started = time.perf_counter()
     script = console_script()
@@ -84,13 +83,7 @@ def main() -> None:
     }
     for cmd in commands.values():  # warm-up: file cache, .pyc files
         run_once(cmd)
-    samples: dict[str, list[float]] = {name: [] for name in commands}
-    rng = random.Random(0)
-    for _ in range(args.runs):
-        order = list(commands)
-        rng.shuffle(order)
-        for name in order:
-            samples[name].append(run_once(commands[name]))
+    samples = interleaved({name: (lambda cmd=cmd: run_once(cmd)) for name, cmd in commands.items()}, args.runs)
     timings = {name: summary(s) for name, s in samples.items()}
     med = {name: t["median_s"] for name, t in timings.items()}
     ratios = {
@@ -111,7 +104,7 @@ def main() -> None:
         "retune_help_imports": import_profile(script),
         "wall_s": time.perf_counter() - started,
     }
-    path = write_json("startup.json", result)
+    path = write_json(args.json, result)
     print(f"start-up, median of {args.runs}:")
     for name in commands:
         print(f"  {name:30s} {med[name] * 1e3:8.1f} ms")

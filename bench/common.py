@@ -1,16 +1,21 @@
-"""Helpers shared by the benchmarks: machine description, statistics, JSON output.
+"""Helpers shared by the benchmarks: machine description, statistics, command line, JSON output.
 
 The benchmarks are scripts (``python bench/bench_training.py``); Python puts ``bench/`` on the path,
-so they import this module as ``common``.
+so they import this module as ``common``. Every script takes ``--json PATH`` (default
+``bench/results/<name>.json``) and ``--quick``: a smoke run at tiny sizes whose output goes to
+``/tmp/retune-bench/<name>.json`` (never over the measured results) unless ``--json`` says otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -21,6 +26,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
+QUICK_DIR = Path(tempfile.gettempdir()) / "retune-bench"  # where --quick writes
 THREADS = 1  # another process uses the second core of the 2-core development machine
 
 
@@ -113,11 +119,62 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def write_json(name: str, data: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
-    path.write_text(json.dumps(data, indent=2) + "\n")
+def parse_args(
+    parser: argparse.ArgumentParser, name: str, quick: dict | None = None, at_least: dict[str, int] | None = None
+) -> argparse.Namespace:
+    """Parse with ``--json`` and ``--quick`` added; ``--quick`` makes ``quick`` the defaults (flags given
+    explicitly still win), lifts the ``at_least`` minimums (flag → least value) and puts the output under
+    :data:`QUICK_DIR`. ``args.json`` is then the output path."""
+    parser.add_argument("--json", type=Path, default=None, help=f"output file (default bench/results/{name})")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run at tiny sizes, output {QUICK_DIR / name}")
+    args = parser.parse_args()
+    if args.quick and quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args()
+    for flag, least in (at_least or {}).items():
+        if getattr(args, flag) < least and not args.quick:
+            parser.error(f"--{flag} must be at least {least}")
+    if args.json is None:
+        args.json = (QUICK_DIR if args.quick else RESULTS_DIR) / name
+    return args
+
+
+def flags(args: argparse.Namespace) -> dict:
+    """The script's own flags (what the setup records), without ``--json`` and ``--quick``."""
+    return {k: v for k, v in vars(args).items() if k not in ("json", "quick")}
+
+
+def write_json(path: Path, data: dict, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, **options) + "\n")
     return path
+
+
+def interleaved(methods: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
+    """``runs`` rounds, each calling every method once (it returns its own seconds) in a shuffled order,
+    so that a drift of the machine hits them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    rng = random.Random(0)
+    for _ in range(runs):
+        order = list(methods)
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(methods[name]())
+    return samples
+
+
+def op_profile(fn: Callable[[], object], device: torch.device, calls: int = 1) -> tuple[list, float]:
+    """torch.profiler over ``calls`` calls of ``fn``: its events by self CPU time (largest first) and
+    their total self CPU time in µs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return rows, sum(e.self_cpu_time_total for e in rows)
 
 
 def mib(n_bytes: float) -> float:

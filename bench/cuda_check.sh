@@ -10,7 +10,7 @@ mkdir -p "$out"; failed=0
 part() { local name=$1; shift; echo "== $name"; if "$@" >"$out/$name.log" 2>&1; then echo ok; else echo "FAILED ($?)"; tail -5 "$out/$name.log"; failed=$((failed+1)); fi; }
 retune() { python3 -m retune_cli "$@"; }
 w=$(mktemp -d)
-nvidia-smi -L
+nvidia-smi -L; python3 -c "from retune_cli.config import preset_dir, preset_names; print(preset_dir(), preset_names())"
 for g in retune unrolled jfb deq; do
   part "train-$g" retune train --device cuda --preset inpaint-wavelet --gradient "$g" --steps 3 --crop 64 --out "$w/$g"
 done

@@ -27,7 +27,8 @@ Output JSON (``bench/results/experiment_denoise.json``)::
                            [[per channel R,G,B] per band H,V,D], "theta": [[…] per scale] (λ_j sqrt(Λ))},
                "heldout": {"own_T": {"T", "psnr", "ssim"}, "equilibrium": {"T", "psnr", "ssim"},
                            "equilibrium_minus_own_T_psnr": x},
-               "residual": {"image", "by_T": {T: relative residual of the last restart after T restarts}},
+               "residual": {"image", "by_T": {T: relative residual of the last restart after T restarts,
+                            on the scheme's iterate u = θDx (the engine's residual)}},
                "contraction": {"tau", "omega" (ω(τ) of one step, theory), "K", "omega_K" (ω^K)}}, …],
      "initial": [{"label", "preset", "init_lambda", "heldout": {...as above}, "residual": {...},
                   "contraction": {...}}, …],
@@ -39,21 +40,23 @@ Output JSON (``bench/results/experiment_denoise.json``)::
      "table": [{"row", "psnr", "ssim", …}] (PSNR/SSIM at equilibrium unless named *_own_T),
      "prototype_reference": {...} (held-out PSNR of the plain-PyTorch prototype, DESIGN.md §2.1)}
 
-PSNR in dB, SSIM in [0, 1], times in seconds (one CPU thread).
+PSNR in dB, SSIM in [0, 1], times in seconds (one CPU thread). Shared helpers: ``experiment_common.py``;
+the table: ``denoise_tables.py``.
 
-Run: ``.venv/bin/python bench/experiment_denoise.py [--steps 100] [--crop 256]``.
+Run: ``.venv/bin/python bench/experiment_denoise.py [--steps 100] [--crop 256] [--json PATH] [--keep]``.
+``--quick``: a smoke run (2 steps, crop 32, held-out images center-cropped to 32×32, equilibrium
+T = 20, output in /tmp/retune-bench/experiment_denoise.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,79 +64,66 @@ import torch
 
 torch.set_num_threads(1)
 
-from common import machine_info  # noqa: E402
+from common import machine_info, parse_args, write_json  # noqa: E402
+from denoise_tables import print_table, table  # noqa: E402
+from experiment_common import (  # noqa: E402
+    DATA,
+    crop_heldout,
+    learned_weights,
+    log_summary,
+    observations,
+    residual,
+    save_initial,
+    scores,
+    split,
+    train_run,
+)
 
 from retune_cli import checkpoint as ckpt  # noqa: E402
 from retune_cli.config import resolve  # noqa: E402
 from retune_cli.core.hypergrad import restore  # noqa: E402
-from retune_cli.core.physics import simulate  # noqa: E402
-from retune_cli.data import ImageFolder, derive_seed  # noqa: E402
 from retune_cli.evaluate import OBSERVATION, evaluate  # noqa: E402
-from retune_cli.models import build_scheme  # noqa: E402
-from retune_cli.restore import load_model, run  # noqa: E402
-from retune_cli.train import train  # noqa: E402
+from retune_cli.models import build_scheme, physics_from  # noqa: E402
+from retune_cli.restore import load_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/CBSD68")
 PRESETS = {"denoise-wavelet-b": "B", "denoise-wavelet-bc": "BC"}
 CONFIGS = [(10, 1), (10, 10)]
-N_TRAIN, N_HELDOUT = 60, 8
 EVAL_SEED = 0
-T_EQ = 200
-RESIDUAL_TS = (1, 10, 50, 100, 200)
 COARSE = (0.02, 1.0)  # range of the coarse λ grid
 SCALAR_TOL = 1e-7  # relative residual at which a scalar-λ solve is stopped (it converges in one step)
+PROTOTYPE = {
+    "source": "DESIGN.md §2.1 (plain-PyTorch prototype, 100 steps, batch 4, crop 256)",
+    "psnr_K10_T10": 20.66,
+    "psnr_K10_T1": 20.56,
+    "psnr_best_scalar": 19.40,
+    "psnr_observation": 9.69,
+    "K10_T1_loss_at_equilibrium": 0.06,
+}
 
 
-def split(data: Path, workdir: Path) -> tuple[Path, Path, list[str], list[str]]:
-    """Two folders of symlinks: the first ``N_TRAIN`` images (sorted by name) and the last ``N_HELDOUT``."""
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() == ".png")
-    if len(files) != N_TRAIN + N_HELDOUT:
-        raise SystemExit(f"{data} holds {len(files)} PNGs, expected {N_TRAIN + N_HELDOUT}")
-    folders = []
-    for name, subset in (("train", files[:N_TRAIN]), ("heldout", files[-N_HELDOUT:])):
-        folder = workdir / name
-        folder.mkdir(parents=True)
-        for f in subset:
-            (folder / f.name).symlink_to(f.resolve())
-        folders.append(folder)
-    return folders[0], folders[1], [f.name for f in files[:N_TRAIN]], [f.name for f in files[-N_HELDOUT:]]
+@dataclass(frozen=True)
+class Plan:
+    """Equilibrium T, the T of the residuals, and the held-out crop (None: whole images)."""
+
+    t_eq: int = 200
+    residual_ts: tuple[int, ...] = (1, 10, 50, 100, 200)
+    heldout_side: int | None = None
 
 
-def learned_weights(path: Path) -> dict:
-    """``λ = exp(log_lambda)``, ``Λ = exp(log_Lambda)`` and the per-level diagonal θ = λ_j sqrt(Λ)."""
-    params = ckpt.load(path).parameters
-    lam = torch.exp(params["theta.log_lambda"])
-    Lam = torch.exp(params["theta.log_Lambda"])
-    return {
-        "lambda": lam.tolist(),
-        "Lambda": Lam.tolist(),
-        "theta": [(l_ * Lam.sqrt()).tolist() for l_ in lam],
-    }
+QUICK = Plan(20, (1, 10, 20), 32)
 
 
-def read_log(path: Path) -> list[list[float]]:
-    with open(path, newline="") as f:
-        return [[float(r[k]) for k in ("step", "loss", "psnr", "tau", "seconds")] for r in csv.DictReader(f)]
-
-
-def residuals(path: Path, observed: torch.Tensor) -> dict[str, float]:
-    """Relative residual ``‖x_Kt − x_K(t−1)‖/‖x_Kt‖`` of the last restart, after t = T restarts."""
-    model = load_model(path)
-    return {str(T): run(model, observed, T).residual for T in RESIDUAL_TS}
-
-
-def contraction(path: Path, observed: torch.Tensor) -> dict[str, float]:
+def contraction(path: Path, obs) -> dict[str, float]:
     """Step τ(θ) and the theoretical Lipschitz constants ω(τ) of φ and ω^K of Φ_K for the checkpoint's θ."""
     model = load_model(path)
     with torch.no_grad():
-        ctx = model.scheme.prepare(observed)
+        ctx = model.scheme.prepare(obs)
         omega = float(model.scheme.contraction(ctx))
     K = model.config.train.K
     return {"tau": float(ctx.tau), "omega": omega, "K": K, "omega_K": omega**K}
 
 
-def scalar_grid(preset: str, observations: list[tuple[torch.Tensor, torch.Tensor]], lambdas, cache: dict) -> None:
+def scalar_grid(preset: str, observed: list, lambdas, cache: dict, t_eq: int) -> None:
     """Mean held-out PSNR/SSIM at equilibrium of the uniform weight λ for each new λ (into ``cache``)."""
     from deepinv.loss.metric import PSNR, SSIM
 
@@ -144,216 +134,145 @@ def scalar_grid(preset: str, observations: list[tuple[torch.Tensor, torch.Tensor
             continue
         config = resolve(preset, {"model.init_lambda": key})
         scheme = build_scheme(config).eval()
-        ps, ss, restarts, res = [], [], [], []
-        for clean, observed in observations:
-            fp = restore(scheme, observed, config.train.K, T_EQ, SCALAR_TOL)
-            ps.append(float(psnr(fp.x, clean)))
-            ss.append(float(ssim(fp.x, clean)))
-            restarts.append(fp.restarts)
-            res.append(fp.residual)
+        solved = [(clean, restore(scheme, obs, config.train.K, t_eq, SCALAR_TOL)) for clean, obs in observed]
         cache[key] = {
             "lambda": key,
-            "psnr": float(np.mean(ps)),
-            "ssim": float(np.mean(ss)),
-            "restarts": max(restarts),
-            "residual": max(res),
+            "psnr": float(np.mean([float(psnr(s.x, clean)) for clean, s in solved])),
+            "ssim": float(np.mean([float(ssim(s.x, clean)) for clean, s in solved])),
+            "restarts": max(s.restarts for _, s in solved),
+            "residual": max(s.residual for _, s in solved),
         }
 
 
-def best_scalar(preset: str, observations) -> dict:
+def best_scalar(preset: str, observed: list, t_eq: int) -> dict:
     """Coarse grid (15 values log-spaced in ``COARSE``; extended outwards while the best is at an end), then
     refined twice around the best (13 values over ±1 coarse ratio, 9 over ±1/6 of it)."""
+    from deepinv.loss.metric import PSNR
+
     cache: dict[float, dict] = {}
     grid = list(np.geomspace(*COARSE, 15))
     ratio = grid[1] / grid[0]
-    scalar_grid(preset, observations, grid, cache)
-    for _ in range(10):
-        best = max(cache.values(), key=lambda r: r["psnr"])["lambda"]
-        lams = sorted(cache)
-        if best == lams[0]:
-            scalar_grid(preset, observations, [best / ratio], cache)
-        elif best == lams[-1]:
-            scalar_grid(preset, observations, [best * ratio], cache)
-        else:
-            break
-    best = max(cache.values(), key=lambda r: r["psnr"])["lambda"]
-    scalar_grid(preset, observations, np.geomspace(best / ratio, best * ratio, 13), cache)
-    best = max(cache.values(), key=lambda r: r["psnr"])["lambda"]
-    scalar_grid(preset, observations, np.geomspace(best / ratio ** (1 / 6), best * ratio ** (1 / 6), 9), cache)
-    best = max(cache.values(), key=lambda r: r["psnr"])
-    # Literal check: the best λ run for the full T_EQ restarts without a tolerance gives the same PSNR.
-    from deepinv.loss.metric import PSNR
+    scalar_grid(preset, observed, grid, cache, t_eq)
 
-    config = resolve(preset, {"model.init_lambda": best["lambda"]})
+    def best() -> float:
+        return max(cache.values(), key=lambda r: r["psnr"])["lambda"]
+
+    for _ in range(10):
+        lams = sorted(cache)
+        if best() not in (lams[0], lams[-1]):
+            break
+        scalar_grid(preset, observed, [best() / ratio if best() == lams[0] else best() * ratio], cache, t_eq)
+    scalar_grid(preset, observed, np.geomspace(best() / ratio, best() * ratio, 13), cache, t_eq)
+    scalar_grid(preset, observed, np.geomspace(best() / ratio ** (1 / 6), best() * ratio ** (1 / 6), 9), cache, t_eq)
+    top = cache[best()]
+    # Literal check: the best λ run for the full t_eq restarts without a tolerance gives the same PSNR.
+    config = resolve(preset, {"model.init_lambda": top["lambda"]})
     scheme = build_scheme(config).eval()
-    full = [float(PSNR(max_pixel=1.0)(restore(scheme, y, config.train.K, T_EQ).x, x)) for x, y in observations]
+    full = [float(PSNR(max_pixel=1.0)(restore(scheme, y, config.train.K, t_eq).x, x)) for x, y in observed]
     coarse = max((r for r in cache.values() if COARSE[0] <= r["lambda"] <= COARSE[1]), key=lambda r: r["psnr"])
     return {
         "grid": [cache[k] for k in sorted(cache)],
-        "best": {k: best[k] for k in ("lambda", "psnr", "ssim")},
+        "best": {k: top[k] for k in ("lambda", "psnr", "ssim")},
         "best_within_coarse_range": {k: coarse[k] for k in ("lambda", "psnr", "ssim")},
-        "check_full_T": {"T": T_EQ, "psnr": float(np.mean(full))},
+        "check_full_T": {"T": t_eq, "psnr": float(np.mean(full))},
     }
 
 
-def scores(result, label: str) -> dict[str, float]:
-    mean = result.mean()
-    return {"psnr": mean["psnr"][label], "ssim": mean["ssim"][label]}
+def train_all(args: argparse.Namespace, train_dir: Path, workdir: Path) -> tuple[list[dict], list[dict]]:
+    """Every preset's initial θ (saved untrained) and its runs at every (K, T) of ``CONFIGS``."""
+    overrides = {"train.steps": args.steps, "train.crop": args.crop}
+    runs, initial = [], []
+    for preset, short in PRESETS.items():
+        config = resolve(preset, overrides)
+        path = workdir / f"init_{short}" / "theta.safetensors"
+        save_initial(path, config)
+        initial.append({"label": f"init_{short}", "preset": preset, "init_lambda": config.model.init_lambda,
+                        "path": path})
+        for K, T in CONFIGS:
+            label = f"{short}_K{K}_T{T}"
+            config = resolve(preset, overrides | {"train.K": K, "train.T": T})
+            seconds, _, log = train_run(config, workdir / label, train_dir)
+            runs.append({
+                "label": label, "preset": preset, "weights": config.model.weights, "K": K, "T": T,
+                "gradient": config.train.gradient, "train": {"seconds": seconds} | log_summary(log),
+                "learned": learned_weights(workdir / label / "theta.safetensors"),
+                "path": workdir / label / "theta.safetensors",
+            })
+    return runs, initial
+
+
+def heldout(entries: list[dict], heldout_dir: Path, plan: Plan) -> tuple[dict, list]:
+    """Evaluate every entry at its own T and at equilibrium (held-out scores, residuals, contraction, in
+    place); the two evaluations and the observations they used."""
+    paths = [e["path"] for e in entries]
+    print("evaluating at own T…", flush=True)
+    own = evaluate(paths, data=heldout_dir, seed=EVAL_SEED)
+    print(f"evaluating at equilibrium (T = {plan.t_eq})…", flush=True)
+    eq = evaluate(paths, data=heldout_dir, T=plan.t_eq, seed=EVAL_SEED)
+    # The observations evaluate used (same physics for both presets, same seeds).
+    observed = observations(physics_from(resolve(next(iter(PRESETS)))), heldout_dir, EVAL_SEED)
+    image = sorted(p.name for p in heldout_dir.iterdir())[0]
+    for e in entries:
+        own_T = ckpt.load(e["path"]).config.train.T
+        h = {"own_T": {"T": own_T} | scores(own, e["label"]), "equilibrium": {"T": plan.t_eq} | scores(eq, e["label"])}
+        h["equilibrium_minus_own_T_psnr"] = h["equilibrium"]["psnr"] - h["own_T"]["psnr"]
+        e["heldout"] = h
+        e["residual"] = {"image": image, "by_T": {str(T): residual(e["path"], observed[0][1], T)
+                                                  for T in plan.residual_ts}}
+        e["contraction"] = contraction(e["path"], observed[0][1])
+        del e["path"]
+    return {"own_T": own, "equilibrium": eq}, observed
+
+
+def experiment(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict:
+    train_dir, heldout_dir, train_names, heldout_names = split(DATA, workdir)
+    if plan.heldout_side:
+        heldout_dir = workdir / f"heldout{plan.heldout_side}"
+        crop_heldout(workdir / "heldout", heldout_dir, plan.heldout_side)
+    runs, initial = train_all(args, train_dir, workdir)
+    results, observed = heldout(runs + initial, heldout_dir, plan)
+    own, eq = results["own_T"], results["equilibrium"]
+    scalar = {}
+    for preset in PRESETS:
+        print(f"scalar λ grid for {preset}…", flush=True)
+        scalar[preset] = best_scalar(preset, observed, plan.t_eq)
+
+    # Cross-check: the scalar grid saw the observations evaluate used.
+    from deepinv.loss.metric import PSNR
+
+    obs_psnr = float(np.mean([float(PSNR(max_pixel=1.0)(obs.y, x)) for x, obs in observed]))
+    assert math.isclose(obs_psnr, scores(eq, OBSERVATION)["psnr"], abs_tol=1e-6), "observations differ"
+    setup = {
+        "data": str(DATA), "train_images": train_names, "heldout_images": heldout_names, "steps": args.steps,
+        "batch_size": 4, "crop": args.crop, "lr": 0.05, "train_seed": 0, "eval_seed": EVAL_SEED,
+        "T_equilibrium": plan.t_eq, "scalar_tol": SCALAR_TOL, "residual_image": heldout_names[0],
+        "machine": machine_info(torch.device("cpu")), "total_seconds": None,
+    }
+    return {
+        "experiment": "held-out denoising, CBSD68, ReTune (K,T) = (10,1) vs (10,10), θ_B and θ_BC; DESIGN.md §2.1",
+        "setup": setup,
+        "observation": scores(eq, OBSERVATION),
+        "runs": runs,
+        "initial": initial,
+        "scalar": scalar,
+        "evaluate": {"own_T": own.to_json(), "equilibrium": eq.to_json()},
+        "table": table(eq, runs, initial, scalar, plan.t_eq),
+        "prototype_reference": PROTOTYPE,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="Adam steps per run (default 100)")
     parser.add_argument("--crop", type=int, default=256, help="training crop side (default 256)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench/results/experiment_denoise.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, checkpoints)")
-    args = parser.parse_args()
-
+    args = parse_args(parser, "experiment_denoise.json", {"steps": 2, "crop": 32})
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="retune-denoise-"))
     try:
-        train_dir, heldout_dir, train_names, heldout_names = split(DATA, workdir)
-        overrides = {"train.steps": args.steps, "train.crop": args.crop}
-
-        runs, initial = [], []
-        for preset, short in PRESETS.items():
-            # Initial θ: the preset's θ, no training, saved as a checkpoint so that evaluate sees it.
-            config = resolve(preset, overrides)
-            path = workdir / f"init_{short}" / "theta.safetensors"
-            ckpt.save(path, config, ckpt.learned_parameters(build_scheme(config)), 0, float("nan"))
-            initial.append(
-                {"label": f"init_{short}", "preset": preset, "init_lambda": config.model.init_lambda, "path": path}
-            )
-            for K, T in CONFIGS:
-                label = f"{short}_K{K}_T{T}"
-                config = resolve(preset, overrides | {"train.K": K, "train.T": T})
-                out = workdir / label
-                print(f"training {label} ({args.steps} steps, crop {args.crop})…", flush=True)
-                t0 = time.perf_counter()
-                result = train(config, out, data=train_dir, device="cpu")
-                seconds = time.perf_counter() - t0
-                log = read_log(out / "log.csv")
-                runs.append(
-                    {
-                        "label": label,
-                        "preset": preset,
-                        "weights": config.model.weights,
-                        "K": K,
-                        "T": T,
-                        "gradient": config.train.gradient,
-                        "train": {
-                            "seconds": seconds,
-                            "final_psnr": result.psnr,
-                            "final_psnr_last10": float(np.mean([r[2] for r in log[-10:]])),
-                            "final_tau": log[-1][3],
-                            "log": log,
-                        },
-                        "learned": learned_weights(result.checkpoint),
-                        "path": result.checkpoint,
-                    }
-                )
-                print(f"  {seconds:.1f} s, final train PSNR {result.psnr:.2f} dB", flush=True)
-
-        entries = runs + initial
-        paths = [e["path"] for e in entries]
-        print("evaluating at own T…", flush=True)
-        own = evaluate(paths, data=heldout_dir, seed=EVAL_SEED)
-        print(f"evaluating at equilibrium (T = {T_EQ})…", flush=True)
-        eq = evaluate(paths, data=heldout_dir, T=T_EQ, seed=EVAL_SEED)
-
-        # The observations evaluate used (same physics for both presets, same seeds).
-        images = ImageFolder.open(heldout_dir)
-        physics = build_scheme(resolve(next(iter(PRESETS)), overrides)).physics
-        observations = []
-        for i, f in enumerate(images.files):
-            clean = images[i].unsqueeze(0)
-            with torch.no_grad():
-                observations.append((clean, simulate(physics, clean, derive_seed(EVAL_SEED, "eval", f.name))))
-        for e in entries:
-            own_T = ckpt.load(e["path"]).config.train.T
-            e["heldout"] = {
-                "own_T": {"T": own_T} | scores(own, e["label"]),
-                "equilibrium": {"T": T_EQ} | scores(eq, e["label"]),
-            }
-            e["heldout"]["equilibrium_minus_own_T_psnr"] = (
-                e["heldout"]["equilibrium"]["psnr"] - e["heldout"]["own_T"]["psnr"]
-            )
-            e["residual"] = {"image": images.files[0].name, "by_T": residuals(e["path"], observations[0][1])}
-            e["contraction"] = contraction(e["path"], observations[0][1])
-            del e["path"]
-
-        scalar = {}
-        for preset in PRESETS:
-            print(f"scalar λ grid for {preset}…", flush=True)
-            scalar[preset] = best_scalar(preset, observations)
-
-        # Cross-check: the scalar grid saw the observations evaluate used.
-        from deepinv.loss.metric import PSNR
-
-        obs_psnr = float(np.mean([float(PSNR(max_pixel=1.0)(y, x)) for x, y in observations]))
-        assert math.isclose(obs_psnr, scores(eq, OBSERVATION)["psnr"], abs_tol=1e-6), "observations differ"
-
-        table = [{"row": "observation"} | scores(eq, OBSERVATION)]
-        for e in initial:
-            h = e["heldout"]["equilibrium"]
-            row = f"initial θ {e['preset']} (λ={e['init_lambda']:g})"
-            table.append({"row": row, "psnr": h["psnr"], "ssim": h["ssim"]})
-        for preset, s in scalar.items():
-            b = s["best"]
-            table.append({"row": f"best scalar {preset} (λ={b['lambda']:.4g})", "psnr": b["psnr"], "ssim": b["ssim"]})
-        for e in runs:
-            o, q = e["heldout"]["own_T"], e["heldout"]["equilibrium"]
-            table.append(
-                {
-                    "row": f"{e['preset']} (K,T)=({e['K']},{e['T']})",
-                    "psnr_own_T": o["psnr"],
-                    "ssim_own_T": o["ssim"],
-                    "psnr": q["psnr"],
-                    "ssim": q["ssim"],
-                    "residual_own_T": e["residual"]["by_T"][str(e["T"])],
-                    "residual_T200": e["residual"]["by_T"][str(T_EQ)],
-                    "omega_K": e["contraction"]["omega_K"],
-                    "train_seconds": e["train"]["seconds"],
-                    "train_psnr": e["train"]["final_psnr"],
-                }
-            )
-
-        doc = {
-            "experiment": "held-out denoising, CBSD68, ReTune (K,T) = (10,1) vs (10,10), θ_B and θ_BC; DESIGN.md §2.1",
-            "setup": {
-                "data": str(DATA),
-                "train_images": train_names,
-                "heldout_images": heldout_names,
-                "steps": args.steps,
-                "batch_size": 4,
-                "crop": args.crop,
-                "lr": 0.05,
-                "train_seed": 0,
-                "eval_seed": EVAL_SEED,
-                "T_equilibrium": T_EQ,
-                "scalar_tol": SCALAR_TOL,
-                "residual_image": images.files[0].name,
-                "machine": machine_info(torch.device("cpu")),
-                "total_seconds": None,
-            },
-            "observation": scores(eq, OBSERVATION),
-            "runs": runs,
-            "initial": initial,
-            "scalar": scalar,
-            "evaluate": {"own_T": own.to_json(), "equilibrium": eq.to_json()},
-            "table": table,
-            "prototype_reference": {
-                "source": "DESIGN.md §2.1 (plain-PyTorch prototype, 100 steps, batch 4, crop 256)",
-                "psnr_K10_T10": 20.66,
-                "psnr_K10_T1": 20.56,
-                "psnr_best_scalar": 19.40,
-                "psnr_observation": 9.69,
-                "K10_T1_loss_at_equilibrium": 0.06,
-            },
-        }
+        doc = experiment(args, QUICK if args.quick else Plan(), workdir)
         doc["setup"]["total_seconds"] = time.perf_counter() - started
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2))
+        write_json(args.json, doc)
         print_table(doc)
         print(f"\nwrote {args.json} ({doc['setup']['total_seconds']:.0f} s)")
     finally:
@@ -361,38 +280,6 @@ def main() -> None:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def print_table(doc: dict) -> None:
-    s = doc["setup"]
-    print(
-        f"\nHeld-out CBSD68 ({len(s['heldout_images'])} images), {s['steps']} Adam steps, crop {s['crop']}, "
-        f"equilibrium = T {s['T_equilibrium']}\n"
-    )
-    print(
-        "| θ | (K,T) | PSNR own T | SSIM own T | PSNR eq. | SSIM eq. | Δ eq.−own | residual own T | residual T=200 "
-        "| ω^K | train s | train PSNR |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for e in doc["runs"]:
-        o, q = e["heldout"]["own_T"], e["heldout"]["equilibrium"]
-        print(
-            f"| {e['weights']} | ({e['K']},{e['T']}) | {o['psnr']:.2f} | {o['ssim']:.4f} | {q['psnr']:.2f} | "
-            f"{q['ssim']:.4f} | {q['psnr'] - o['psnr']:+.3f} | {e['residual']['by_T'][str(e['T'])]:.1e} | "
-            f"{e['residual']['by_T'][str(T_EQ)]:.1e} | {e['contraction']['omega_K']:.3f} | "
-            f"{e['train']['seconds']:.1f} | {e['train']['final_psnr']:.2f} |"
-        )
-    for e in doc["initial"]:
-        q = e["heldout"]["equilibrium"]
-        print(
-            f"| initial {e['preset']} (λ={e['init_lambda']:g}) | – | | | {q['psnr']:.2f} | {q['ssim']:.4f} | | | "
-            f"{e['residual']['by_T'][str(T_EQ)]:.1e} | {e['contraction']['omega_K']:.3f} | | |"
-        )
-    for preset, sc in doc["scalar"].items():
-        b = sc["best"]
-        print(f"| best scalar {preset} (λ={b['lambda']:.4g}) | – | | | {b['psnr']:.2f} | {b['ssim']:.4f} | | | | | | |")
-    o = doc["observation"]
-    print(f"| observation | – | | | {o['psnr']:.2f} | {o['ssim']:.4f} | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ For θ_BC denoising (``denoise-wavelet-bc``) and wavelet inpainting (``inpaint-w
 ``retune`` (K, T) = (10, 10), ``unrolled`` (10, 10), ``jfb`` and ``deq`` (restarts of Φ_10 to the
 fixed point, then one Φ_10, resp. the implicit adjoint solve) — the same ``retune train`` workflow,
 one run per mode — on the first 60 images of CBSD68 (sorted names), then evaluate the last 8 with
-``retune eval``'s workflow, at each checkpoint's own T and at T = 100 restarts (near equilibrium).
+``retune eval``'s workflow (whole images, or center crops with ``--heldout-crop``), at each
+checkpoint's own T (for jfb/deq: restarts to its ``train.tol``) and at T = 100 restarts.
 
 Recorded per run: held-out PSNR, train PSNR, seconds per step (median of the log's increments),
 total seconds, restarts of Φ_K per step (median), and on CUDA the peak allocated memory. Figures:
@@ -18,14 +19,13 @@ fraction of DEQ's cost and memory.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from common import RESULTS_DIR, limit_threads, machine_info, parse_args, write_json
+from experiment_common import crop_heldout, split
 
 from retune_cli.config import resolve
 from retune_cli.evaluate import evaluate
@@ -42,22 +42,6 @@ PROBLEMS = {
     "inpaint-wavelet": {"train.crop": 128, "train.tol": 1e-3, "train.max_restarts": 50,
                         "train.adjoint_max_iter": 50},
 }
-
-
-def split(data: Path, work: Path, n_train: int, n_held: int) -> tuple[Path, Path]:
-    """Symlink folders: the first ``n_train`` images (sorted) and the last ``n_held``."""
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
-    if len(files) < n_train + n_held:
-        sys.exit(f"{data} holds {len(files)} images; {n_train + n_held} needed")
-    folders = []
-    for name, chosen in (("train", files[:n_train]), ("held-out", files[-n_held:])):
-        folder = work / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for f in chosen:
-            (folder / f.name).symlink_to(f.resolve())
-        folders.append(folder)
-    return folders[0], folders[1]
 
 
 def run_mode(preset: str, overrides: dict, mode: str, out: Path, data: Path, device) -> dict:
@@ -121,14 +105,18 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=TRAIN)
     parser.add_argument("--n-held", type=int, default=HELD_OUT)
     parser.add_argument("--figures", type=Path, default=RESULTS_DIR, help="folder of the PSNR figures")
+    parser.add_argument("--heldout-crop", type=int, default=None, help="center-crop held-out images (default: whole)")
     args = parse_args(parser, "experiment_gradients.json", quick={"steps": 2, "n_train": 2, "n_held": 1,
                                                                    "work": Path("/tmp/retune-bench/gradients")})
     device = resolve_device(args.device)
     if device.type == "cpu":
         limit_threads()
-    train_dir, held_dir = split(args.data, args.work, args.n_train, args.n_held)
+    train_dir, held_dir, _, _ = split(args.data, args.work, args.n_train, args.n_held)
+    if args.heldout_crop:
+        crop_heldout(held_dir, args.work / "heldout-crops", args.heldout_crop)
+        held_dir = args.work / "heldout-crops"
     results = {"machine": machine_info(device), "steps": args.steps, "train_images": args.n_train,
-               "heldout_images": args.n_held, "problems": {}}
+               "heldout_images": args.n_held, "heldout_crop": args.heldout_crop, "problems": {}}
     for preset in args.problems.split(","):
         overrides = PROBLEMS[preset] | {"train.steps": args.steps, "train.checkpoint_every": args.steps}
         if args.quick:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 
 def tables(doc: dict) -> None:
+    doc["tables"] = {"A": _rows_a(doc), "B": _rows_b(doc)}
+
+
+def _rows_a(doc: dict) -> list[dict]:
     rows_a = []
     for name, s in doc["A"].items():
         rows_a.append({"physics": name, "row": "observation"} | s.get("observation", {}))
@@ -29,6 +33,10 @@ def tables(doc: dict) -> None:
                     "train_psnr": e.get("train", {}).get("final_psnr"),
                 }
             )
+    return rows_a
+
+
+def _rows_b(doc: dict) -> list[dict]:
     rows_b = []
     for name, s in doc["B"].items():
         if "observation" not in s:
@@ -38,7 +46,7 @@ def tables(doc: dict) -> None:
             row = (
                 "initial (σ,τ)"
                 if e is s["initial"]
-                else "learned denoiser (10,10)"
+                else f"learned denoiser ({e['K']},{e['T']})"
                 if e is s["denoiser"]
                 else f"(σ,τ) (K,T)=({e['K']},{e['T']})"
             )
@@ -65,7 +73,7 @@ def tables(doc: dict) -> None:
                     "ssim": w["heldout"]["own_T"]["ssim"],
                 }
             )
-    doc["tables"] = {"A": rows_a, "B": rows_b}
+    return rows_b
 
 
 def print_tables(doc: dict) -> None:

@@ -84,9 +84,12 @@ SECTIONS = {"physics": PhysicsConfig, "model": ModelConfig, "train": TrainConfig
 def preset_dir() -> Path:
     """The built-in presets: the repository's ``presets/`` folder, installed as the package ``retune_cli.presets``."""
     try:
-        return Path(str(resources.files("retune_cli.presets")))
-    except ModuleNotFoundError:  # a source checkout on sys.path that was never installed
-        return Path(__file__).resolve().parent.parent / "presets"
+        installed = Path(str(resources.files("retune_cli.presets")))
+        if any(installed.glob("*.yaml")):
+            return installed
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "presets"  # a source checkout that was never installed
 
 
 def preset_names() -> list[str]:

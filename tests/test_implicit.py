@@ -1,5 +1,8 @@
 """Gradients at the fixed point (DEQ, JFB, finite differences), the paper's Lemma 1 bound, compare-grads
-and train --check-gradient-every (DESIGN.md §2, §3)."""
+and train --check-gradient-every (DESIGN.md §2, §3).
+
+The DEQ and JFB gradients are those of the registered gradient modes (``mode_gradient``), started at
+the fixed point û as compare-grads does."""
 
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from typer.testing import CliRunner
 from retune_cli.cli import app
 from retune_cli.config import resolve
 from retune_cli.core import implicit
-from retune_cli.core.hypergrad import solve, truncated_unrolled
-from retune_cli.core.physics import simulate
+from retune_cli.core.adjoint import ADJOINT_SOLVERS, solve_adjoint_gmres
+from retune_cli.core.fixed_point import fixed_point
+from retune_cli.core.hypergrad import SolveOptions
+from retune_cli.core.pytree import leaves, norm, rebuild
 from retune_cli.data import sample_dir
-from retune_cli.gradients import DEFAULT_IMAGE, compare_gradients
+from retune_cli.gradients import DEFAULT_IMAGE, compare_gradients, mode_gradient
 from retune_cli.images import read_image
 from retune_cli.models import build_scheme
 
@@ -58,8 +63,14 @@ def params(scheme) -> list[torch.nn.Parameter]:
 
 
 def autograd_gradient(scheme, y, loss, K: int, T: int, mode: str = "retune") -> torch.Tensor:
-    ps = params(scheme)
-    return implicit.flatten_grads(torch.autograd.grad(loss(solve(scheme, y, K, T, mode)), ps), ps)
+    """The gradient of a restart mode (retune, unrolled) from u_0."""
+    return mode_gradient(scheme, y, SolveOptions(K, T), mode, loss)[0]
+
+
+def at_fixed_point(K: int, solver: str = "gmres", tol: float = 1e-12, max_iter: int = 1000) -> SolveOptions:
+    """Options of the equilibrium modes started at û (converged to 1e-14): compare-grads' own."""
+    return SolveOptions(K, 1, tol=1e-14, max_restarts=100000, adjoint_solver=solver, adjoint_tol=tol,
+                        adjoint_max_iter=max_iter)
 
 
 class Problem:
@@ -69,20 +80,24 @@ class Problem:
         self.scheme = perturbed_scheme(preset)
         self.clean = center_crop(read_image(sample_dir() / DEFAULT_IMAGE), crop).unsqueeze(0).double()
         with torch.no_grad():
-            self.y = simulate(self.scheme.physics, self.clean, 0)
+            self.y = self.scheme.physics.simulate(self.clean, 0)
             ctx = self.scheme.prepare(self.y)
             self.omega = float(self.scheme.contraction(ctx))
-            self.u_hat, self.residual, _ = implicit.fixed_point(
-                self.scheme, ctx, self.scheme.init(ctx), 10, 1e-14, 10000
-            )
+            self.u_hat, stats = fixed_point(lambda u: self.scheme.restart(u, ctx, 10), self.scheme.init(ctx), 1e-14,
+                                            10000)
+            self.residual = stats.residual
         self.fd = implicit.finite_difference_gradient(self.scheme, self.y, 10, self.loss)
-        self.deq, _ = implicit.deq_gradient(self.linearize(1), "gmres", 1e-12)
+        self.deq, _ = self.gradient("deq", 1)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return torch.mean((x - self.clean) ** 2)
 
     def linearize(self, K: int) -> implicit.Linearization:
         return implicit.linearize(self.scheme, self.y, self.u_hat, K, self.loss)
+
+    def gradient(self, mode: str, K: int, solver: str = "gmres", tol: float = 1e-12):
+        """``(g, Solution)`` of equilibrium ``mode`` (jfb, deq) from û."""
+        return mode_gradient(self.scheme, self.y, at_fixed_point(K, solver, tol), mode, self.loss, start=self.u_hat)
 
 
 @pytest.fixture(scope="module")
@@ -108,27 +123,32 @@ def test_deq_gradient_matches_finite_differences(problems, weights, solver):
     assert p.fd.shape == (d,) and float(p.fd.norm()) > 0
     for K in (1, 5):
         tol = 1e-12
-        g, solved = implicit.deq_gradient(p.linearize(K), solver, tol)
+        g, solution = p.gradient("deq", K, solver, tol)
+        solved = solution.adjoint
         assert rel(g, p.fd) <= 1e-5, (K, rel(g, p.fd))
         assert solved.residual <= tol and solved.iterations >= 1
         assert rel(g, p.deq) <= 1e-9  # the fixed point of Φ_K, hence the DEQ gradient, does not depend on K
 
 
 def test_deq_at_equilibrium_matches_the_reference(problems):
+    """The deq mode from u_0 (its own restarts to the fixed point, then GMRES), as training runs it."""
     p = problems["b"]
-    assert rel(implicit.deq_at_equilibrium(p.scheme, p.y, 10, p.loss, tol=1e-12), p.fd) <= 1e-5
+    options = SolveOptions(10, 1, tol=1e-12, max_restarts=500, adjoint_tol=1e-12, adjoint_max_iter=500)
+    g, solution = mode_gradient(p.scheme, p.y, options, "deq", p.loss)
+    assert solution.residual <= 1e-12 and solution.adjoint.residual <= 1e-12
+    assert rel(g, p.fd) <= 1e-5
 
 
 def test_adjoint_solvers_report_their_residual(problems):
     """The GMRES residual is the true one, ‖a − (I − Jᵀ) v‖/‖a‖; a budget too small leaves it above tol."""
     p = problems["b"]
     lin = p.linearize(1)
-    a, _ = lin.loss_gradients()
-    solved = implicit.solve_adjoint_gmres(lin, a, 1e-12, 1000)
+    a = lin.loss_gradient()
+    solved = solve_adjoint_gmres(lin.vjp_u, a, 1e-12, 1000)
     true = [ai - (vi - ji) for ai, vi, ji in zip(a, solved.v, lin.vjp_u(solved.v))]
-    assert implicit.norm(true) / implicit.norm(a) == pytest.approx(solved.residual, rel=1e-3, abs=1e-14)
-    for solver in implicit.ADJOINT_SOLVERS.values():
-        short = solver(lin, a, 1e-12, 3)
+    assert norm(true) / norm(a) == pytest.approx(solved.residual, rel=1e-3, abs=1e-14)
+    for solver in ADJOINT_SOLVERS.values():
+        short = solver(lin.vjp_u, a, 1e-12, 3)
         assert short.iterations <= 3 and short.residual > 1e-12
 
 
@@ -145,9 +165,8 @@ def test_jfb_error_within_lemma_1_bound(problems, weights):
         measured = implicit.jacobian_u_norm(lin)
         assert measured <= theory + 1e-6, (K, measured, theory)
         assert measured >= 0.9 * theory  # the local constant is close to ω^K here (a broken power iteration is not)
-        a, _ = lin.loss_gradients()
-        bound = implicit.lemma1_bound(theory, implicit.norm(a), implicit.jacobian_theta_norm(lin))
-        error = float(torch.linalg.vector_norm(implicit.jfb_gradient(lin) - p.deq))
+        bound = implicit.lemma1_bound(theory, norm(lin.loss_gradient()), implicit.jacobian_theta_norm(lin))
+        error = float(torch.linalg.vector_norm(p.gradient("jfb", K)[0] - p.deq))
         assert bound is not None and error <= bound, (K, error, bound)
         errors.append(error)
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
@@ -168,7 +187,7 @@ def test_retune_tends_to_jfb_as_T_grows(problems):
     """
     p = problems["b"]
     for K in KS:
-        jfb = implicit.jfb_gradient(p.linearize(K))
+        jfb, _ = p.gradient("jfb", K)
         jfb_error = float((jfb - p.deq).norm())
         to_jfb = [float((autograd_gradient(p.scheme, p.y, p.loss, K, T) - jfb).norm()) for T in (1, 2, 5, 10, 20)]
         floor = 1e-12 * float(jfb.norm())
@@ -191,8 +210,8 @@ class PhiK(nn.Module):
 
     def forward(self, point: list[torch.Tensor]) -> torch.Tensor:
         ctx = self.scheme.prepare(self.y)
-        mapped = truncated_unrolled(self.scheme, implicit.rebuild(self.like, point), ctx, self.K)
-        return torch.cat([t.flatten() for t in implicit.leaves(mapped)])
+        mapped = self.scheme.restart(rebuild(self.like, point), ctx, self.K)
+        return torch.cat([t.flatten() for t in leaves(mapped)])
 
 
 @pytest.fixture
@@ -200,9 +219,9 @@ def tiny():
     scheme = perturbed_scheme("denoise-wavelet-bc", seed=4)
     clean = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
-        y = simulate(scheme.physics, clean, 0)
+        y = scheme.physics.simulate(clean, 0)
         ctx = scheme.prepare(y)
-        point = truncated_unrolled(scheme, scheme.init(ctx), ctx, 3)  # a generic point, not the fixed point
+        point = scheme.restart(scheme.init(ctx), ctx, 3)  # a generic point, not the fixed point
     return scheme, y, clean, point
 
 
@@ -212,10 +231,10 @@ def test_jacobian_theta_norm_against_a_dense_jacobian(tiny):
     phi = PhiK(scheme, y, K, point)
     names = [f"scheme.theta.{n}" for n, _ in scheme.theta.named_parameters()]
     values = tuple(p.detach().clone() for p in scheme.theta.parameters())
-    leaves = [t.detach() for t in implicit.leaves(point)]
+    at = [t.detach() for t in leaves(point)]
 
     def f(*theta):
-        return torch.func.functional_call(phi, dict(zip(names, theta)), (leaves,))
+        return torch.func.functional_call(phi, dict(zip(names, theta)), (at,))
 
     columns = torch.autograd.functional.jacobian(f, values)
     dense = torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1)
@@ -228,15 +247,15 @@ def test_jacobian_u_norm_against_a_dense_jacobian(tiny):
     scheme, y, clean, point = tiny
     K = 2
     ctx = scheme.prepare(y)
-    shapes = [t.shape for t in implicit.leaves(point)]
+    shapes = [t.shape for t in leaves(point)]
     sizes = [math.prod(s) for s in shapes]
 
     def f(flat):
         parts = [c.view(s) for c, s in zip(torch.split(flat, sizes), shapes)]
-        mapped = truncated_unrolled(scheme, implicit.rebuild(point, parts), ctx, K)
-        return torch.cat([t.flatten() for t in implicit.leaves(mapped)])
+        mapped = scheme.restart(rebuild(point, parts), ctx, K)
+        return torch.cat([t.flatten() for t in leaves(mapped)])
 
-    flat = torch.cat([t.detach().flatten() for t in implicit.leaves(point)])
+    flat = torch.cat([t.detach().flatten() for t in leaves(point)])
     dense = torch.autograd.functional.jacobian(f, flat, vectorize=True)
     exact = float(torch.linalg.matrix_norm(dense, 2))
     lin = implicit.linearize(scheme, y, point, K, lambda x: torch.mean((x - clean) ** 2))
@@ -272,10 +291,14 @@ def test_compare_gradients_rows_and_schema(comparison):
     assert set(data["gradients"]) == {"deq", "fd"}
     assert all(len(g) == len(names) for g in data["gradients"].values())
     methods = [(r["method"], r["K"], r["T"]) for r in data["rows"]]
+    # every registered mode: the equilibrium ones once per K (deq at min K is the reference row), then the
+    # restart ones per (K, T)
     expected = [("deq", 1, None), ("fd", None, None)]
     for K in (1, 2):
-        expected += [("jfb", K, None)] + [(m, K, T) for T in (1, 2, 3) for m in ("retune", "unrolled")]
+        equilibrium = [("jfb", K, None)] + ([("deq", K, None)] if K > 1 else [])
+        expected += equilibrium + [(m, K, T) for T in (1, 2, 3) for m in ("retune", "unrolled")]
     assert methods == expected
+    assert data["solver"]["residual"] <= data["solver"]["tol"] and data["solver"]["fixed_point_residual"] <= 1e-14
     for r in data["rows"]:
         assert ROW_KEYS <= set(r)
         assert len(r["gradient"]) == len(names)
@@ -285,6 +308,7 @@ def test_compare_gradients_rows_and_schema(comparison):
     rows = {(r["method"], r["K"], r["T"]): r for r in data["rows"]}
     assert rows["deq", 1, None]["rel_err_deq"] == 0 and rows["deq", 1, None]["rel_err_fd"] <= 1e-5
     assert rows["fd", None, None]["rel_err_fd"] == 0
+    assert rows["deq", 2, None]["rel_err_deq"] <= 1e-9  # the fixed point of Φ_K, hence DEQ, does not depend on K
     for K in (1, 2):
         jfb = rows["jfb", K, None]
         assert jfb["bound"] is not None and jfb["abs_err_deq"] <= jfb["bound"]
@@ -312,7 +336,7 @@ def test_compare_grads_cli_writes_json_and_plot(tmp_path, comparison):
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(out.read_text())
     assert {"theta_names", "delta", "gradients", "rows"} <= set(data)
-    assert len(data["rows"]) == 2 + 2 * (1 + 2 * 2)
+    assert len(data["rows"]) == 2 + 2 * (1 + 2 * 2) + 1  # deq, fd; per K jfb and 2 × 2 restart rows; deq at K = 2
     assert {(r["method"], r["K"], r["T"]) for r in data["rows"] if r["method"] == "retune"} == {
         ("retune", K, T) for K in (1, 2) for T in (1, 3)
     }

@@ -10,8 +10,9 @@ import pywt
 import torch
 
 from retune_cli.config import resolve
-from retune_cli.core.hypergrad import restore, solve
-from retune_cli.core.schemes import contraction_factor, pad_to_multiple, tau_from_rule
+from retune_cli.core.hypergrad import SolveOptions, restore, solve
+from retune_cli.core.scheme import pad_to_multiple
+from retune_cli.core.schemes import STEP_RULES, contraction_factor
 from retune_cli.models import build_scheme
 
 SIGMA = torch.tensor([0.10, 0.25, 0.50], dtype=torch.float64).view(1, 3, 1, 1)
@@ -173,7 +174,7 @@ def test_any_image_size_restores_to_the_same_size(h, w):
     assert x.shape == y.shape
     assert torch.all(torch.isfinite(x))
     assert torch.mean((x - clean) ** 2) < torch.mean((y - clean) ** 2)  # it denoises
-    x_solve = solve(scheme, y, K=5, T=3)
+    x_solve = solve(scheme, y, SolveOptions(K=5, T=3)).x
     assert x_solve.shape == y.shape
     assert torch.allclose(x_solve, x, rtol=0, atol=1e-12)
 
@@ -192,9 +193,12 @@ def test_pad_to_multiple():
 def test_step_rule_validation():
     one = torch.tensor(1.0)
     with pytest.raises(ValueError, match="μ > 0"):
-        tau_from_rule(one, torch.tensor(0.0), "optimal")
-    with pytest.raises(ValueError, match="step_rule"):
-        tau_from_rule(one, one, "fastest")
+        STEP_RULES["optimal"](one, torch.tensor(0.0))
+    with pytest.raises(KeyError):
+        STEP_RULES["fastest"]
+    assert set(STEP_RULES) == {"optimal", "safe"}
+    assert float(STEP_RULES["optimal"](torch.tensor(3.0), one)) == 0.5  # 2/(μ + L)
+    assert float(STEP_RULES["safe"](torch.tensor(3.0), one)) == pytest.approx(0.65)  # 1.95/L
     assert float(contraction_factor(torch.tensor(0.5), torch.tensor(2.0), torch.tensor(1.0))) == 0.5
     scheme = make_scheme()
     with pytest.raises(ValueError, match="step_rule"):

@@ -17,7 +17,7 @@ Every mode returns a :class:`Solution` whose image ``x`` carries a graph such th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -52,12 +52,16 @@ class SolveOptions:
 @dataclass
 class Solution:
     """The restored image (with the mode's graph), the restarts of Φ_K applied in all and the relative
-    residual of the last one; ``adjoint`` is filled by the deq backward."""
+    residual of the last one; ``adjoint`` is the deq backward's solve, once it has run."""
 
     x: torch.Tensor
     restarts: int
     residual: float
-    adjoint: AdjointSolve | None = None
+    adjoint_solves: list[AdjointSolve] = field(default_factory=list)
+
+    @property
+    def adjoint(self) -> AdjointSolve | None:
+        return self.adjoint_solves[-1] if self.adjoint_solves else None
 
 
 Mode = Callable[[Scheme, object, object, SolveOptions], Solution]
@@ -123,7 +127,8 @@ class _ImplicitBackward(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: torch.Tensor):
-        return (None, *ctx.solve(list(grads)))
+        solve, ctx.solve = ctx.solve, None  # release the closure (and Φ_K's graph) once used
+        return (None, *solve(list(grads)))
 
 
 @register_gradient("deq", equilibrium=True)
@@ -132,19 +137,17 @@ def deq(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
     point = [t.requires_grad_(True) for t in point]
     with torch.enable_grad():
         mapped = leaves(scheme.restart(rebuild(like, point), ctx, o.K))
-    solution = Solution(torch.empty(0), done + 1, float("nan"))
+    solves: list[AdjointSolve] = []  # shared with the Solution, not the Solution itself: no reference cycle
 
     def vjp(v: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(torch.autograd.grad(mapped, point, v, retain_graph=True))
 
     def solve_adjoint(a: list[torch.Tensor]) -> list[torch.Tensor]:
-        solution.adjoint = ADJOINT_SOLVERS[o.adjoint_solver](vjp, a, o.adjoint_tol, o.adjoint_max_iter)
-        return solution.adjoint.v
+        solves.append(ADJOINT_SOLVERS[o.adjoint_solver](vjp, a, o.adjoint_tol, o.adjoint_max_iter))
+        return solves[-1].v
 
     implicit = rebuild(like, list(_ImplicitBackward.apply(solve_adjoint, *mapped)))
-    finished = _finish(scheme, ctx, rebuild(like, point), implicit, done + 1)
-    solution.x, solution.residual = finished.x, finished.residual
-    return solution
+    return _finish(scheme, ctx, rebuild(like, point), implicit, done + 1, adjoint_solves=solves)
 
 
 def solve(scheme: Scheme, obs: Observation | torch.Tensor, options: SolveOptions, mode: str = "retune",

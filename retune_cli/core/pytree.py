@@ -22,6 +22,9 @@ def register_pytree(cls: type, flatten: Flatten, unflatten: Unflatten) -> None:
     _REGISTRY[cls] = (flatten, unflatten)
 
 
+register_pytree(list, list, list)  # a plain list of tensors (e.g. an adjoint vector) is its own leaves
+
+
 def leaves(tree) -> list[torch.Tensor]:
     """The tensors of an iterate, in a fixed order."""
     if isinstance(tree, torch.Tensor):
