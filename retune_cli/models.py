@@ -1,12 +1,13 @@
 """Config → engine objects: the physics, the scheme whose parameters are θ, the solve options.
 
-Schemes are registered by ``model.name`` (:data:`SCHEMES`), physics by ``physics.name``
+Schemes are registered by ``(model.name, model.scheme)`` (:data:`SCHEMES`), physics by ``physics.name``
 (:data:`~.core.operators.PHYSICS`), gradient modes by ``train.gradient``
 (:data:`~.core.hypergrad.GRADIENT_MODES`): adding one is a class and a registry entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -16,6 +17,8 @@ from .core.hypergrad import SolveOptions
 from .core.operators import build_physics
 from .core.physics import Physics
 from .core.scheme import Scheme
+from .core.schemes import PnPFB, PnPParameters, WaveletFB
+from .core.splitting import PnPHQS, WaveletDRS
 from .errors import InputError
 
 CHANNELS = 3  # images are read as RGB
@@ -23,38 +26,55 @@ CHANNELS = 3  # images are read as RGB
 
 def physics_from(config: Config) -> Physics:
     """The degradation of ``config.physics`` (the registry picks the options its class takes)."""
-    p = config.physics
-    return build_physics(p.name, p.sigma, keep=p.keep, blur_width=p.blur_width)
+    options = dataclasses.asdict(config.physics)
+    return build_physics(options.pop("name"), options.pop("sigma"), **options)
 
 
-def _wavelet(config: Config, physics: Physics) -> Scheme:
+def _wavelet_parts(config: Config):
     from .core.priors import WaveletWeights
-    from .core.schemes import WaveletFB
     from .core.wavelets import WaveletTransform
 
     m = config.model
     weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
-    return WaveletFB(physics, WaveletTransform(m.wavelet, m.levels), weights, m.step_rule)
+    return WaveletTransform(m.wavelet, m.levels), weights
 
 
-def _pnp(config: Config, physics: Physics) -> Scheme:
-    """PnP-FB; what is not learned is frozen: the denoiser when learning (σ, τ), (σ, τ) when learning
-    the denoiser."""
-    from .core.schemes import PnPFB, PnPParameters
-    from .denoisers import load_denoiser
-
-    m = config.model
-    scheme = PnPFB(physics, load_denoiser(m.denoiser), PnPParameters(m.init_sigma, m.init_tau))
-    (scheme.denoiser if m.learn == "parameters" else scheme.theta).requires_grad_(False)
-    return scheme
+def _wavelet_fb(config: Config, physics: Physics) -> Scheme:
+    return WaveletFB(physics, *_wavelet_parts(config), config.model.step_rule)
 
 
-SCHEMES: dict[str, Callable[[Config, Physics], Scheme]] = {"wavelet": _wavelet, "pnp": _pnp}
+def _wavelet_drs(config: Config, physics: Physics) -> Scheme:
+    return WaveletDRS(physics, *_wavelet_parts(config))
+
+
+def _pnp(cls: type[PnPFB]) -> Callable[[Config, Physics], Scheme]:
+    """A PnP scheme; what is not learned is frozen: the denoiser when learning (σ, τ), (σ, τ) when
+    learning the denoiser."""
+
+    def build(config: Config, physics: Physics) -> Scheme:
+        from .denoisers import load_denoiser
+
+        m = config.model
+        scheme = cls(physics, load_denoiser(m.denoiser), PnPParameters(m.init_sigma, m.init_tau))
+        (scheme.denoiser if m.learn == "parameters" else scheme.theta).requires_grad_(False)
+        return scheme
+
+    return build
+
+
+SCHEMES: dict[tuple[str, str], Callable[[Config, Physics], Scheme]] = {
+    ("wavelet", "fb"): _wavelet_fb,
+    ("wavelet", "drs"): _wavelet_drs,
+    ("pnp", "fb"): _pnp(PnPFB),
+    ("pnp", "hqs"): _pnp(PnPHQS),
+}
 
 
 def build_scheme(config: Config, device: torch.device | str = "cpu") -> Scheme:
-    """The inner solver described by ``config``, with θ at its initial value, on ``device``."""
-    return SCHEMES[config.model.name](config, physics_from(config)).to(device)
+    """The inner solver described by ``config`` (``model.name``, ``model.scheme``), with θ at its
+    initial value, on ``device``."""
+    m = config.model
+    return SCHEMES[m.name, m.scheme](config, physics_from(config)).to(device)
 
 
 def solve_options(train: TrainConfig, **changes) -> SolveOptions:

@@ -18,16 +18,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .physics import NormBounds, Params, Physics, UserOperator, operator_norm
+from . import custom, resolution  # noqa: F401  (register the super-resolution and user-code physics)
+from .physics import PHYSICS, NormBounds, Params, Physics, UserOperator, register_physics
 
-PHYSICS: dict[str, type[Physics]] = {}
 MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
-
-
-def register_physics(cls: type[Physics]) -> type[Physics]:
-    """Class decorator: make ``cls`` available as ``physics.name: <cls.name>``."""
-    PHYSICS[cls.name] = cls
-    return cls
+KERNEL_STREAM = 0x2545F491  # and the blur kernels'
 
 
 def build_physics(name: str, sigma: Sequence[float], **options) -> Physics:
@@ -54,6 +49,10 @@ class Denoise(Physics):
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         return NormBounds(1.0, 1.0)
+
+    def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
+        """``(z + τ y)/(1 + τ)``."""
+        return (z + tau * y) / (1 + tau)
 
 
 @register_physics
@@ -96,6 +95,11 @@ class RandomInpainting(Physics):
         """``‖A‖ = 1`` as soon as one pixel is kept; ``σ_min = 0``."""
         return NormBounds(1.0, 0.0)
 
+    def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
+        """``(z + τ m ⊙ y)/(1 + τ m)``, pixel by pixel."""
+        mask = self._mask(z, params)
+        return (z + tau * mask * y) / (1 + tau * mask)
+
     def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
         """A mask image ``(C, H, W)`` in [0, 1]: pixels above 0.5 in its first channel are known."""
         if tuple(operator.shape[-2:]) != tuple(shape[-2:]):
@@ -117,32 +121,81 @@ def channel_blur_kernel(width: int, channels: int = 3) -> torch.Tensor:
 
 
 def as_kernel(kernel: torch.Tensor) -> torch.Tensor:
-    """``(h, w)`` (shared), ``(C, h, w)`` or ``(1, C, h, w)`` → ``(1, 3, h, w)`` float32."""
+    """``(h, w)`` (shared), ``(C, h, w)`` or ``(1, C, h, w)`` → ``(1, 3, h, w)`` float32; ValueError saying
+    what was found for another shape, an empty, non-finite or all-zero kernel (``A = 0``)."""
     kernel = torch.as_tensor(kernel, dtype=torch.float32)
+    found = tuple(kernel.shape)
     while kernel.dim() < 4:
         kernel = kernel.unsqueeze(0)
-    if kernel.dim() != 4 or kernel.shape[:2] not in ((1, 1), (1, 3)) or not torch.all(torch.isfinite(kernel)):
-        raise ValueError("a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array of finite numbers")
+    if kernel.dim() != 4 or kernel.shape[:2] not in ((1, 1), (1, 3)):
+        raise ValueError(f"a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array, not {found}")
+    if kernel.numel() == 0:
+        raise ValueError(f"the kernel is empty (shape {found})")
+    if not torch.all(torch.isfinite(kernel)):
+        raise ValueError(f"the kernel has {int((~torch.isfinite(kernel)).sum())} non-finite values (NaN or ±inf)")
+    if not torch.any(kernel != 0):
+        raise ValueError("the kernel is all zero")
     return kernel.expand(1, 3, *kernel.shape[-2:]).contiguous()
+
+
+KERNELS = ("uniform-channel", "gaussian", "motion")
+
+
+def draw_kernels(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
+    """``(n, 1, size, size)`` kernels from deepinv's generators: Gaussian (random σ and orientation) or
+    motion (random camera shake), seeded."""
+    from deepinv.physics.generator import GaussianBlurGenerator, MotionBlurGenerator
+
+    cls = GaussianBlurGenerator if kind == "gaussian" else MotionBlurGenerator
+    generator = cls((size, size), rng=torch.Generator().manual_seed(seed ^ KERNEL_STREAM))
+    return generator.step(n, seed=seed ^ KERNEL_STREAM)["filter"].to(torch.float32)
+
+
+def fft_norm(kernel: torch.Tensor, size: tuple[int, int]) -> float:
+    """``‖A‖₂`` of circular convolutions by ``kernel`` ``(N, C, h, w)`` on ``size`` images: the largest
+    modulus of the kernels' DFTs (A is diagonal in Fourier, block-diagonal over images and channels)."""
+    h, w = kernel.shape[-2:]
+    padded = torch.nn.functional.pad(kernel.detach().double(), (0, size[1] - w, 0, size[0] - h))
+    return float(torch.fft.fft2(padded).abs().max())
 
 
 @register_physics
 class ChannelBlur(Physics):
-    """Circular convolution with one kernel per channel, via deepinv ``BlurFFT``; parameter ``kernel``
-    (a user's) replaces the configured one."""
+    """Circular convolution with one kernel per channel (or per image), via deepinv ``BlurFFT``.
+
+    ``kernel``: ``uniform-channel`` (the paper's, width ``blur_width``, fixed), ``gaussian`` or ``motion``
+    (``kernel_size``², drawn per image from the observation seed), or a tensor. The parameter
+    ``kernel`` (drawn, or a user's) replaces the configured one.
+    """
 
     name = "deblur"
-    options = ("blur_width",)
+    options = ("blur_width", "kernel", "kernel_size")
     user_operator = UserOperator("kernel", "array", "an (h, w) or (3, h, w) .npy array")
 
-    def __init__(self, sigma: Sequence[float], blur_width: int = 25, kernel: torch.Tensor | None = None):
+    def __init__(self, sigma: Sequence[float], blur_width: int = 25, kernel: str | torch.Tensor = "uniform-channel",
+                 kernel_size: int = 25):
         super().__init__(sigma)
-        self.kernel = as_kernel(channel_blur_kernel(blur_width) if kernel is None else kernel)
+        if isinstance(kernel, str) and kernel not in KERNELS:
+            raise ValueError(f"the blur kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+        self.kind = kernel if isinstance(kernel, str) else "given"
+        if isinstance(kernel, str):
+            kernel = channel_blur_kernel(blur_width) if kernel == "uniform-channel" else None
+        self.kernel = None if kernel is None else as_kernel(kernel)
+        self.size = (kernel_size, kernel_size) if self.kernel is None else tuple(self.kernel.shape[-2:])
         self._operators: dict[tuple, object] = {}
-        self._norms: dict[tuple, float] = {}  # ‖A‖ per image shape and kernel
+
+    def draw(self, shape: torch.Size, seed: int) -> Params:
+        """One kernel per image for ``gaussian`` and ``motion``; none for a fixed kernel."""
+        if self.kernel is not None:
+            return {}
+        return {"kernel": draw_kernels(self.kind, shape[0], self.size[0], seed)}
 
     def _kernel(self, params: Params | None) -> torch.Tensor:
-        return params["kernel"] if params and "kernel" in params else self.kernel
+        if params and "kernel" in params:
+            return params["kernel"]
+        if self.kernel is None:
+            raise ValueError(f"the {self.kind} blur kernels are drawn per image: simulate an observation or give one")
+        return self.kernel
 
     def _op(self, x: torch.Tensor, params: Params | None):
         """deepinv ``BlurFFT`` (the kernel's FFT) per image shape, device, dtype and kernel object; the
@@ -152,7 +205,7 @@ class ChannelBlur(Physics):
         kernel = self._kernel(params)
         key = (id(kernel), tuple(x.shape[-3:]), x.device, x.dtype)
         if key not in self._operators:
-            if len(self._operators) >= 16:  # user kernels come and go: keep the cache small
+            if len(self._operators) >= 16:  # kernels come and go (drawn per step, users'): keep the cache small
                 self._operators.clear()
             self.check_fits(x.shape, kernel)
             op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
@@ -166,15 +219,15 @@ class ChannelBlur(Physics):
         return self._op(y, params).A_adjoint(y).to(y.dtype)
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
-        """``‖A‖`` by power iteration once per image shape and kernel; ``σ_min = 0``."""
-        kernel = self._kernel(params)
-        key = (tuple(like.shape[1:]), tuple(kernel.shape), hash(kernel.detach().cpu().numpy().tobytes()))
-        if key not in self._norms:
-            self._norms[key] = operator_norm(self, like[:1].detach(), params)
-        return NormBounds(self._norms[key], 0.0)
+        """``‖A‖ = max |DFT(kernel)|`` exactly (the largest over the images' kernels); ``σ_min = 0``."""
+        return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]), 0.0)
+
+    def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
+        """In Fourier, ``(Ẑ + τ K̂* Ŷ)/(1 + τ|K̂|²)`` (deepinv ``BlurFFT.prox_l2``)."""
+        return self._op(z, params).prox_l2(z, y, tau).to(z.dtype)
 
     def check_fits(self, shape: torch.Size, kernel: torch.Tensor | None = None) -> None:
-        kh, kw = (self.kernel if kernel is None else kernel).shape[-2:]
+        kh, kw = self.size if kernel is None else kernel.shape[-2:]
         if shape[-2] < kh or shape[-1] < kw:
             raise ValueError(f"the {shape[-1]}×{shape[-2]} image is smaller than the {kw}×{kh} blur kernel")
 

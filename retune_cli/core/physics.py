@@ -126,8 +126,11 @@ class Physics:
         return Observation(self.observe(x, seed, params), params)
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
-        """``(‖A‖, σ_min lower bound)`` for images shaped like ``like``: by power iteration, and 0."""
-        return NormBounds(operator_norm(self, like[:1].detach(), params), 0.0)
+        """``(‖A‖, σ_min lower bound)`` for the images observations shaped like ``like`` stand for: by
+        power iteration, and 0."""
+        image = like.new_zeros((1, like.shape[-3], *self.image_size(like)))
+        first = {k: v[:1] for k, v in (params or {}).items()}
+        return NormBounds(operator_norm(self, image, first), 0.0)
 
     def check_fits(self, shape: torch.Size) -> None:
         """Raise ``ValueError`` saying why images of ``shape`` cannot be observed (all fit by default)."""
@@ -135,6 +138,31 @@ class Physics:
     def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
         """The parameters for a user's operator (an image or an array) and images of ``shape``."""
         raise ValueError(f"physics {self.name} takes no user operator")
+
+    def image_size(self, y: torch.Tensor) -> tuple[int, int]:
+        """``(H, W)`` of the images that observations shaped like ``y`` stand for (the same by default)."""
+        return tuple(y.shape[-2:])
+
+    def fit_image(self, x: torch.Tensor) -> torch.Tensor:
+        """A clean image cut to what this physics observes (all of it by default)."""
+        return x
+
+    def baseline(self, obs: Observation) -> torch.Tensor:
+        """The observation as an estimate of the image (the baseline of evaluations): ``y`` by default."""
+        return obs.y
+
+    def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
+        """``prox_{τ f}(z) = argmin_x ½‖A x − y‖² + ‖x − z‖²/(2τ)`` exactly (schemes that split the data term)."""
+        raise ValueError(f"physics {self.name} has no exact proximal operator of its data term; use model.scheme=fb")
+
+
+PHYSICS: dict[str, type[Physics]] = {}
+
+
+def register_physics(cls: type[Physics]) -> type[Physics]:
+    """Class decorator: make ``cls`` available as ``physics.name: <cls.name>``."""
+    PHYSICS[cls.name] = cls
+    return cls
 
 
 def operator_norm(physics: Physics, like: torch.Tensor, params: Params | None = None, iterations: int = 100,

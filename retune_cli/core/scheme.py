@@ -85,8 +85,18 @@ class PaddedScheme(Scheme):
         return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
 
     def normal(self, x: torch.Tensor, size: tuple[int, int], params: Params) -> torch.Tensor:
-        """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``); ``size`` is y's (H, W)."""
+        """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``); ``size`` is the image's (H, W)."""
         if self.physics.identity:
             return x
         h, w = size
         return self.adjoint(self.physics.A(x[..., :h, :w], params), params)
+
+    def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau, size: tuple[int, int], params: Params) -> torch.Tensor:
+        """``prox_{τf}(z)`` of ``f = ½‖A x − y‖²`` on the padded domain: for ``A = I`` on all of it
+        (``y`` reflect-padded); otherwise on the image's crop, the identity on the unobserved padding."""
+        if self.physics.identity:
+            return self.physics.prox_data(z, pad_to_multiple(y, self.multiple), tau, params)
+        h, w = size
+        out = z.clone()
+        out[..., :h, :w] = self.physics.prox_data(z[..., :h, :w], y, tau, params)
+        return out

@@ -72,7 +72,7 @@ class WaveletContext:
     tau: torch.Tensor
     lipschitz: torch.Tensor
     strong_convexity: torch.Tensor
-    size: tuple[int, int]  # (H, W) of y before padding
+    size: tuple[int, int]  # (H, W) of the image before padding
     params: Params  # the operator's parameters
     affine: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # A = I: the step is a ⊙ u + c
 
@@ -113,7 +113,7 @@ class WaveletFB(PaddedScheme):
             scales = [approx_scale, *s.theta]
             bands = [b.approx, *b.details]
             affine = ([1 - s.tau / c**2 for c in scales], [(s.tau / c) * band for c, band in zip(scales, bands)])
-        size = tuple(obs.y.shape[-2:])
+        size = self.physics.image_size(obs.y)
         return WaveletContext(b, s.theta, approx_scale, s.tau, s.lipschitz, s.strong_convexity, size, obs.params,
                               affine)
 
@@ -145,7 +145,7 @@ class WaveletFB(PaddedScheme):
         return Coefficients(approx, tuple(group_soft_threshold(z, ctx.tau, dims) for z in details))
 
     def output(self, u: Coefficients, ctx: WaveletContext) -> torch.Tensor:
-        """``x = Dᵀ θ⁻¹ u``, cropped back to the size of y."""
+        """``x = Dᵀ θ⁻¹ u``, cropped back to the image's size."""
         x = self.transform.synthesis(self._unweight(u, ctx))
         h, w = ctx.size
         return x[..., :h, :w]
@@ -173,6 +173,7 @@ class PnPContext:
     tau: torch.Tensor
     size: tuple[int, int]
     params: Params
+    y: torch.Tensor
 
 
 class PnPFB(PaddedScheme):
@@ -193,7 +194,8 @@ class PnPFB(PaddedScheme):
         obs = as_observation(obs)
         sigma, tau = torch.exp(self.theta.log_sigma), torch.exp(self.theta.log_tau)
         y = obs.y
-        return PnPContext(self.adjoint(y, obs.params), sigma.to(y), tau.to(y), tuple(y.shape[-2:]), obs.params)
+        return PnPContext(self.adjoint(y, obs.params), sigma.to(y), tau.to(y), self.physics.image_size(y), obs.params,
+                          y)
 
     def init(self, ctx: PnPContext) -> torch.Tensor:
         return ctx.aty
