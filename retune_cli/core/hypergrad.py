@@ -4,7 +4,8 @@ Every mode returns a :class:`Solution` whose image ``x`` carries a graph such th
 ``loss(x).backward()`` yields that mode's hypergradient; modes are registered by name
 (:data:`GRADIENT_MODES`) and used alike by training, compare-grads and the benchmarks:
 
-* ``retune``: T − 1 restarts without a graph, then one ``Φ_K`` with it:
+* ``retune``: T − 1 restarts without a graph (Anderson-accelerated with ``accelerate``), then one
+  plain ``Φ_K`` with it from the point reached:
   ``g^R(θ) = ∂_x L(x_KT)ᵀ ∂_θ Φ_K(x_K(T−1), θ)`` (eq. 25); memory of K steps whatever T;
 * ``unrolled``: backpropagation through all K·T steps from ``u_0(θ)`` (T = 1: the same as retune);
 * ``jfb``: restarts to the fixed point (``tol``, at most ``max_restarts``) without a graph, then one
@@ -24,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .adjoint import ADJOINT_SOLVERS, AdjointSolve
-from .fixed_point import fixed_point, relative_residual
+from .fixed_point import ACCELERATIONS, fixed_point, relative_residual
 from .physics import Observation, as_observation
 from .pytree import leaves, rebuild
 from .scheme import Scheme
@@ -41,10 +42,13 @@ class SolveOptions:
     adjoint_solver: str = "gmres"
     adjoint_tol: float = 1e-6
     adjoint_max_iter: int = 200
+    accelerate: str = "none"  # the graph-free restarts: none | anderson
 
     def __post_init__(self) -> None:
         if self.K < 1 or self.T < 1 or self.max_restarts < 1:
             raise ValueError("K, T and max_restarts must be at least 1")
+        if self.accelerate not in ACCELERATIONS:
+            raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}")
         if self.adjoint_solver not in ADJOINT_SOLVERS:
             raise ValueError(f"adjoint_solver must be one of {', '.join(ADJOINT_SOLVERS)}")
 
@@ -91,7 +95,7 @@ def _finish(scheme: Scheme, ctx, before, after, restarts: int, **extra) -> Solut
 
 @register_gradient("retune")
 def retune(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
-    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, 0.0, o.T - 1)
+    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, 0.0, o.T - 1, o.accelerate)
     return _finish(scheme, ctx, u, scheme.restart(u, ctx, o.K), stats.iterations + 1)
 
 
@@ -105,7 +109,7 @@ def unrolled(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
 
 def _equilibrium(scheme: Scheme, ctx, u0, o: SolveOptions):
     """û: restarts to ``tol`` (at most ``max_restarts``) without a graph, detached."""
-    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, o.tol, o.max_restarts)
+    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, o.tol, o.max_restarts, o.accelerate)
     return [t.detach() for t in leaves(u)], stats.iterations, u
 
 
@@ -162,11 +166,12 @@ def solve(scheme: Scheme, obs: Observation | torch.Tensor, options: SolveOptions
 
 @torch.no_grad()
 def restore(scheme: Scheme, obs: Observation | torch.Tensor, K: int, max_restarts: int, tol: float = 0.0,
-            start=None) -> Solution:
-    """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` restarts were done."""
+            start=None, accelerate: str = "none") -> Solution:
+    """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` restarts were done
+    (``accelerate="anderson"``: Anderson-accelerated restarts)."""
     if K < 1 or max_restarts < 1:
         raise ValueError("K and the number of restarts must be at least 1")
     ctx = scheme.prepare(as_observation(obs))
     u, stats = fixed_point(_restarts(scheme, ctx, K), scheme.init(ctx) if start is None else start, tol,
-                           max_restarts)
+                           max_restarts, accelerate)
     return Solution(scheme.output(u, ctx), stats.iterations, stats.residual)

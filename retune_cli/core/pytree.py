@@ -53,3 +53,14 @@ def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 def norm(a: list[torch.Tensor]) -> float:
     """``‖a‖₂`` over all leaves."""
     return math.sqrt(float(dot(a, a).detach()))
+
+
+def flatten(tree) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """All leaves as one flat vector, and the function that rebuilds an iterate from such a vector."""
+    parts = leaves(tree)
+    shapes, sizes = [t.shape for t in parts], [t.numel() for t in parts]
+
+    def unflatten(vector: torch.Tensor):
+        return rebuild(tree, [p.view(s) for p, s in zip(torch.split(vector, sizes), shapes)])
+
+    return torch.cat([t.reshape(-1) for t in parts]), unflatten
