@@ -58,7 +58,7 @@ def run_block(runs: dict[str, tuple], held: Path, train_dir: Path, work: Path, r
         save_initial(initial, resolve(preset))
         paths[f"initial-{preset}"] = initial
     by_physics: dict[str, list[str]] = {}
-    for label, path in paths.items():
+    for label in paths:
         preset = out[label]["preset"] if label in out else label.removeprefix("initial-")
         by_physics.setdefault(str(resolve(preset).physics), []).append(label)
     for labels in by_physics.values():

@@ -3,26 +3,49 @@
 Tensors: the scheme's parameters (``theta.log_lambda``, ``theta.log_Lambda``, …) and, for resuming,
 Adam's moments under ``optimizer.``. Metadata (str → str): ``format``, ``format_version``,
 ``retune_version``, ``config`` (YAML), ``K``, ``T``, ``step``, ``train_psnr``, ``data`` (the
-training folder; empty for the built-in samples), ``processes`` (how many trained it). Files are
-written to a temporary name in the same folder, flushed, then renamed over the target: a crash at
-any moment leaves either the old or the new checkpoint, never a torn one.
+training folder; empty for the built-in samples; ``bytes:`` and its %-escaped bytes for a name that
+is not UTF-8), ``processes`` (how many trained it). Files are written to a temporary name in the same
+folder, flushed, then renamed over the target: a crash at any moment leaves either the old or the new
+checkpoint, never a torn one.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import torch
 
 from . import __version__
 from .config import Config, from_yaml
 from .errors import InputError
-from .rundir import atomic_write
+from .files import atomic_write, input_file, read_safetensors
 
 FORMAT = "retune-checkpoint"
 FORMAT_VERSION = "1"
 OPTIMIZER_PREFIX = "optimizer."
+PATH_BYTES = "bytes:"  # metadata holds text: a path that is not UTF-8 is stored as its %-escaped bytes
+
+
+def path_text(path: Path | None) -> str:
+    """``path`` as metadata text that round-trips through :func:`text_path` ("" for None)."""
+    if path is None:
+        return ""
+    text = str(Path(path).resolve())
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # surrogate-escaped bytes of a non-UTF-8 name
+        return PATH_BYTES + quote_from_bytes(os.fsencode(text))
+
+
+def text_path(text: str) -> Path | None:
+    """The path :func:`path_text` stored (None for "")."""
+    if not text:
+        return None
+    return Path(os.fsdecode(unquote_to_bytes(text[len(PATH_BYTES):]))) if text.startswith(PATH_BYTES) else Path(text)
 
 
 @dataclass
@@ -49,7 +72,7 @@ def save(
     processes: int = 1,
 ) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in parameters.items()}
     tensors.update({OPTIMIZER_PREFIX + k: v.detach().cpu().contiguous() for k, v in (optimizer or {}).items()})
@@ -62,28 +85,17 @@ def save(
         "T": str(config.train.T),
         "step": str(step),
         "train_psnr": f"{train_psnr:.6f}",
-        "data": str(Path(data).resolve()) if data is not None else "",
+        "data": path_text(data),
         "processes": str(processes),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    content = serialize(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
 
 
 def load(path: Path | str) -> Checkpoint:
     """Read and check a checkpoint; :class:`InputError` says what is wrong with a bad one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; give a theta.safetensors written by retune train")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    path = input_file(path, "checkpoint", "; give a theta.safetensors written by retune train")
+    tensors, metadata = read_safetensors(path, "checkpoint")
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise InputError(f"{path} is a safetensors file but not a retune checkpoint (no retune metadata)")
     if metadata.get("format_version") != FORMAT_VERSION:
@@ -97,8 +109,7 @@ def load(path: Path | str) -> Checkpoint:
         raise InputError(f"{path}: its step or train_psnr metadata is missing or malformed") from None
     parameters = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
-    data = Path(metadata["data"]) if metadata.get("data") else None
-    return Checkpoint(path, config, parameters, optimizer, step, psnr, data)
+    return Checkpoint(path, config, parameters, optimizer, step, psnr, text_path(metadata.get("data", "")))
 
 
 def learned_parameters(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,10 +139,15 @@ def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
         shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
         detail = f"missing {missing}" if missing else f"unexpected {extra}" if extra else f"wrong shape for {shapes}"
         raise InputError(f"{checkpoint.path}: its tensors do not match its config ({detail})")
-    bad = [k for k, v in checkpoint.parameters.items() if not torch.all(torch.isfinite(v))]
-    if bad:
-        raise InputError(f"{checkpoint.path}: tensor {bad[0]} has non-finite values")
+    _check_finite(checkpoint.parameters, str(checkpoint.path))
     _copy_into(scheme, checkpoint.parameters)
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse floating-point tensors with NaN or infinite values, naming the first."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.all(torch.isfinite(v))]
+    if bad:
+        raise InputError(f"{source}: tensor {bad[0]} has non-finite values")
 
 
 def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
@@ -142,6 +158,7 @@ def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
         raise InputError(
             f"--init {checkpoint.path}: its tensors do not fit this model ({checkpoint.config.model.name})"
         )
+    _check_finite(tensors, f"--init {checkpoint.path}")
     _copy_into(scheme, tensors)
 
 
@@ -186,11 +203,24 @@ class TrainState:
             }
             if not state:
                 continue
-            moments_fit = all(state[k].shape == p.shape for k in ("exp_avg", "exp_avg_sq") if k in state)
-            if set(state) != ADAM_STATE or not moments_fit or state["step"].numel() != 1:
-                raise InputError(
-                    f"{checkpoint.path}: its optimizer state for {name} is incomplete or does not fit; "
-                    "resume is impossible"
-                )
+            problem = _adam_state_problem(state, p)
+            if problem:
+                raise InputError(f"{checkpoint.path}: its optimizer state for {name} {problem}; resume is impossible")
             state["step"] = state["step"].to("cpu", torch.float32)
             self.optimizer.state[p] = state
+
+
+def _adam_state_problem(state: dict[str, torch.Tensor], p: torch.nn.Parameter) -> str | None:
+    """What is wrong with Adam's state for ``p`` (moments of its shape and dtype, finite, the second
+    non-negative; one finite step count ≥ 0), or None."""
+    if set(state) != ADAM_STATE:
+        return "is incomplete"
+    moments = [state["exp_avg"], state["exp_avg_sq"]]
+    if any(m.shape != p.shape or m.dtype != p.dtype for m in moments) or state["step"].numel() != 1:
+        return f"does not fit (θ is {p.dtype} of shape {tuple(p.shape)})"
+    step = state["step"].double()
+    if not (all(torch.all(torch.isfinite(m)) for m in moments) and bool(torch.isfinite(step)) and step >= 0):
+        return "has non-finite values or a negative step count"
+    if torch.any(state["exp_avg_sq"] < 0):
+        return "has a negative second moment"
+    return None

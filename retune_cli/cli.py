@@ -11,12 +11,34 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .commands import evaluate, gradients, restore, train
-from .commands.common import console
+from .commands.common import console, print_error
+
+# click's UsageError (typer vendors click in recent versions): found through typer's public BadParameter.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """The app's group: a usage error (a bad option value, a missing argument) is one ``error:`` line and
+    exit code 2, like every other error; the help shown for no arguments is left as it is."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra) or 0
+        except UsageError as e:
+            code = e.exit_code
+            if type(e).__name__ != "NoArgsIsHelpError":  # its help is printed already (as typer does)
+                print_error(f"{e.format_message()} (see {e.ctx.command_path if e.ctx else 'retune'} --help)")
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="retune",
     help="Learn the hyperparameters of image-restoration algorithms at equilibrium (ReTune: restarted "
     "truncated unrolling). Train on a folder of clean images, restore degraded images, tabulate PSNR.",

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from .core.adjoint import ADJOINT_SOLVERS
+from .core.fixed_point import ACCELERATIONS
 from .core.hypergrad import GRADIENT_MODES
 from .core.operators import PHYSICS
 from .core.priors import WEIGHTS
 from .core.schemes import STEP_RULES
 from .errors import InputError
+from .limits import FLOAT32_MAX, check_cost
+from .yamlfiles import MAX_YAML_BYTES, load_preset, load_yaml
 
 LEARN = ("parameters", "denoiser")
 
@@ -28,11 +31,17 @@ class PhysicsConfig:
     sigma: list[float] = field(default_factory=lambda: [0.10, 0.25, 0.50])
     keep: float = 0.1  # inpaint: fraction of pixels kept
     blur_width: int = 25  # deblur: width of the uniform kernels
+    kernel: str = "uniform-channel"  # deblur: uniform-channel | gaussian | motion (drawn per image)
+    kernel_size: int = 25  # deblur: side of the gaussian/motion kernels
+    factor: int = 4  # sr: downsampling factor
+    filter: str = "bicubic"  # sr: anti-aliasing filter, bicubic | gaussian
+    factory: str = ""  # python: "module:function" returning a deepinv LinearPhysics for an image shape
 
 
 @dataclass
 class ModelConfig:
     name: str = "wavelet"
+    scheme: str = "fb"  # wavelet: fb | drs; pnp: fb | hqs
     wavelet: str = "db4"
     levels: int = 4
     weights: str = "bands"
@@ -54,6 +63,7 @@ class TrainConfig:
     adjoint_solver: str = "gmres"  # deq: gmres | fixed-point
     adjoint_tol: float = 1e-6  # deq: relative residual of the adjoint solve
     adjoint_max_iter: int = 200
+    accelerate: str = "none"  # graph-free restarts (retune's T − 1, jfb/deq's): none | anderson
     steps: int = 100
     epochs: int | None = None
     batch_size: int = 4
@@ -81,21 +91,6 @@ class Config:
 SECTIONS = {"physics": PhysicsConfig, "model": ModelConfig, "train": TrainConfig}
 
 
-def preset_dir() -> Path:
-    """The built-in presets: the repository's ``presets/`` folder, installed as the package ``retune_cli.presets``."""
-    try:
-        installed = Path(str(resources.files("retune_cli.presets")))
-        if any(installed.glob("*.yaml")):
-            return installed
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "presets"  # a source checkout that was never installed
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
-
-
 def _coerce(value, kind, key: str):
     """``value`` as the dataclass field type ``kind``, or an :class:`InputError` naming ``key``."""
     origin = typing.get_origin(kind)
@@ -115,12 +110,17 @@ def _coerce(value, kind, key: str):
         except ValueError:
             pass
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise InputError(f"{key} must be a finite number, not {value}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
+        if not abs(value) <= FLOAT32_MAX:
+            raise InputError(f"{key} must be a finite number within float32's range (±3.4e38), not {value}")
+        return value
     if kind is str and isinstance(value, str):
         return value
-    raise InputError(f"{key} must be {'an integer' if kind is int else 'a ' + kind.__name__}, not {value!r}")
+    kind_name = "an integer" if kind is int else "a " + kind.__name__
+    raise InputError(f"{key} must be {kind_name}, not {reprlib.repr(value)}")
 
 
 def _build(data: dict, source: str) -> Config:
@@ -163,17 +163,28 @@ def _validate_physics(config: Config) -> None:
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     _check(p.blur_width >= 1, "physics.blur_width must be at least 1")
+    _check(p.kernel_size >= 1, "physics.kernel_size must be at least 1")
+    _check(p.factor >= 2, "physics.factor must be at least 2")
+    _check(p.name != "python" or ":" in p.factory, 'physics.factory must be "module:function" or "file.py:function"')
+    from .models import physics_from
+
+    try:
+        physics_from(config)
+    except ValueError as e:
+        raise InputError(f"physics {p.name}: {e}") from None
 
 
 def _validate_model(config: Config) -> None:
     from .models import SCHEMES
 
     m, p = config.model, config.physics
-    _choice(m.name, SCHEMES, "model.name")
+    _choice(m.name, {name for name, _ in SCHEMES}, "model.name")
+    schemes = [scheme for name, scheme in SCHEMES if name == m.name]
+    _choice(m.scheme, schemes, f"model.scheme (for model.name {m.name})")
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
     _check(
-        m.step_rule == "safe" or PHYSICS[p.name].injective or m.name == "pnp",
+        m.step_rule == "safe" or PHYSICS[p.name].injective or (m.name, m.scheme) != ("wavelet", "fb"),
         f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
     )
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
@@ -195,6 +206,7 @@ def _validate_train(config: Config) -> None:
     t = config.train
     _choice(t.gradient, GRADIENT_MODES, "train.gradient")
     _choice(t.adjoint_solver, ADJOINT_SOLVERS, "train.adjoint_solver")
+    _choice(t.accelerate, ACCELERATIONS, "train.accelerate")
     for key in ("K", "T", "steps", "batch_size", "checkpoint_every", "max_restarts", "adjoint_max_iter"):
         _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
     for key in ("tol", "adjoint_tol"):
@@ -206,6 +218,11 @@ def _validate_train(config: Config) -> None:
     _check(t.lr > 0, "train.lr must be positive")
     _check(0 <= t.seed < 2**63, "train.seed must be in [0, 2**63)")
     _check(t.clip_grad_norm >= 0, "train.clip_grad_norm must be 0 (off) or positive")
+    for key in ("T", "max_restarts", "adjoint_max_iter"):
+        check_cost(f"train.K × train.{key}", t.K * getattr(t, key))
+    unrolled = t.gradient == "unrolled"
+    kept = t.K * (t.T if unrolled else 1) * t.batch_size * 3 * t.crop**2
+    check_cost(f"train.K{' × train.T' if unrolled else ''} × train.batch_size × train.crop × train.crop", 0, kept)
 
 
 def validate(config: Config) -> None:
@@ -219,45 +236,6 @@ def validate(config: Config) -> None:
         physics_from(config).check_fits((1, 3, config.train.crop, config.train.crop))
     except ValueError as e:
         raise InputError(f"train.crop must fit physics {config.physics.name}: {e}") from None
-
-
-def read_yaml(path: Path) -> dict:
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not a UTF-8 text file; a preset is YAML text") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-
-
-def load_preset(name: str) -> dict:
-    """The raw mapping of a built-in preset NAME or of a YAML file."""
-    path = Path(name)
-    if name.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise InputError(f"preset file {name} does not exist")
-        return read_yaml(path)
-    if name not in preset_names():
-        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())} or give a YAML file")
-    return read_yaml(preset_dir() / f"{name}.yaml")
-
-
-def parse_set(items: list[str]) -> dict[str, object]:
-    """``["train.K=5", "physics.sigma=[0.1,0.2,0.3]"]`` → ``{"train.K": 5, …}`` (values read as YAML)."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {item!r}: write --set section.key=value, e.g. --set train.K=5")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise InputError(f"--set {item!r}: the value is not valid YAML") from None
-    return out
 
 
 def apply_overrides(data: dict, overrides: dict[str, object]) -> dict:
@@ -292,8 +270,10 @@ def resolve(preset: str, overrides: dict[str, object] | None = None) -> Config:
 
 def from_yaml(text: str, source: str) -> Config:
     """A config saved with :meth:`Config.to_yaml`."""
+    if len(text) > MAX_YAML_BYTES:
+        raise InputError(f"{source}: its stored config is larger than {MAX_YAML_BYTES // 2**20} MB")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError:
         raise InputError(f"{source}: its stored config is not valid YAML") from None
     return _build(data, source)
@@ -313,32 +293,3 @@ def for_resume(config: Config, overrides: dict[str, object], source: str) -> Con
     if changed:
         raise InputError(f"--resume continues a run as configured; only --steps/--epochs may change, not {changed[0]}")
     return with_overrides(config, overrides, source)
-
-
-def parse_grid(text: str) -> dict[str, list[object]]:
-    """``"K=1,10 T=1,10"`` → ``{"train.K": [1, 10], "train.T": [1, 10]}`` (bare keys are train keys;
-    scalar values only)."""
-    grid = {}
-    for item in text.split():
-        key, sep, raw = item.partition("=")
-        try:
-            values = [yaml.safe_load(v) for v in raw.split(",") if v]
-        except yaml.YAMLError:
-            values = []
-        if not sep or not key or not values:
-            raise InputError(f'--grid {text!r}: write KEY=v1,v2 … separated by spaces, e.g. --grid "K=1,10 T=1,10"')
-        grid[key if "." in key else f"train.{key}"] = values
-    return grid
-
-
-def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[str, Config]]:
-    """Every combination of the grid's values applied to ``config``, named like ``K1-T10`` (a text value
-    names itself: ``gradient=retune,deq`` gives ``retune``, ``deq``)."""
-    import itertools
-
-    runs = []
-    for values in itertools.product(*grid.values()):
-        overrides = dict(zip(grid, values))
-        name = "-".join(v if isinstance(v, str) else f"{k.rpartition('.')[2]}{v}" for k, v in overrides.items())
-        runs.append((name, with_overrides(config, overrides, f"--grid {name}")))
-    return runs

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import json
+import reprlib
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .errors import InputError
+from .files import input_file, read_safetensors, reason
 
 BUILTIN = "builtin"
 DOWNLOAD = "download"
@@ -42,30 +44,38 @@ def _download() -> torch.nn.Module:
         ) from None
 
 
-def _architecture(metadata: dict | None) -> dict:
-    if metadata and "architecture" in metadata:
-        arch = json.loads(metadata["architecture"])
-        return {"nc": tuple(arch["nc"]), "nb": int(arch["nb"])}
-    return {}
+def _architecture(metadata: dict | None, stored: int) -> dict:
+    """``nc`` and ``nb`` from a file's ``architecture`` metadata, checked before DRUNet allocates anything:
+    four positive channel counts and a positive block count, for a network no larger than the ``stored``
+    numbers (its residual blocks alone hold 18·nb·Σnc² weights)."""
+    if not metadata or "architecture" not in metadata:
+        return {}
+    arch = json.loads(metadata["architecture"])
+    nc, nb = arch["nc"], arch["nb"]
+    counts = [*nc, nb] if isinstance(nc, list) and len(nc) == 4 else []
+    if not counts or not all(type(c) is int and c >= 1 for c in counts):
+        raise ValueError(f"its architecture metadata {reprlib.repr(arch)} is not 4 channel counts nc and a block "
+                         "count nb, all positive integers")
+    if 18 * nb * sum(c * c for c in nc) > stored:
+        raise ValueError(f"its architecture metadata (nc={nc}, nb={nb}) describes a network larger than the "
+                         f"{stored} weights it stores")
+    return {"nc": tuple(nc), "nb": nb}
 
 
 def _from_file(path: Path) -> torch.nn.Module:
     from deepinv.models import DRUNet
 
-    if not path.is_file():
-        raise InputError(f"denoiser weights {path} do not exist; use builtin, download, or a .pth/.safetensors file")
+    input_file(path, "denoiser weights", "; use builtin, download, or a .pth/.safetensors file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata()
-            state, arch = load_file(str(path)), _architecture(metadata)
+            state, metadata = read_safetensors(path, "denoiser weights")
+            arch = _architecture(metadata, sum(t.numel() for t in state.values()))
         else:
             state, arch = torch.load(path, map_location="cpu", weights_only=True), {}
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise InputError(f"cannot read denoiser weights {path}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot read denoiser weights {path}: {reason(e)}") from None
     model = DRUNet(3, 3, pretrained=None, **arch)
     try:
         model.load_state_dict(state)

@@ -20,6 +20,7 @@ import torch
 
 from .data import ImageFolder, derive_seed
 from .errors import InputError
+from .files import atomic_write, write_text
 from .restore import Model, check_fits, load_model, run
 
 OBSERVATION = "observation"
@@ -51,17 +52,29 @@ class EvalResult:
         return {"checkpoints": self.labels, "rows": self.rows, "mean": self.mean()}
 
     def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2))
+        write_text(path, json.dumps(self.to_json(), indent=2))
 
     def write_csv(self, path: Path) -> None:
-        """One row per image and a final ``mean`` row; columns ``<metric>:<label>``."""
+        """One row per image and a final ``mean`` row; columns ``<metric>:<label>`` (written atomically;
+        an image name that is not UTF-8 keeps its bytes)."""
         header = ["image"] + [f"{m}:{c}" for m in METRICS for c in self.columns]
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            mean = self.mean()
-            for name, values in [(r["image"], r) for r in self.rows] + [("mean", mean)]:
-                writer.writerow([name] + [f"{values[m][c]:.4f}" for m in METRICS for c in self.columns])
+        mean = self.mean()
+        rows = [[name] + [f"{values[m][c]:.4f}" for m in METRICS for c in self.columns]
+                for name, values in [(r["image"], r) for r in self.rows] + [("mean", mean)]]
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+                csv.writer(f).writerows([header, *rows])
+
+        atomic_write(path, write)
+
+
+def ssim(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """SSIM with its Gaussian window (σ = 1.5, 11×11), narrowed to fit images with a side under 6 pixels."""
+    from deepinv.loss.metric import SSIM
+
+    sigma = min(1.5, (min(clean.shape[-2:]) - 0.75) / 3.5)  # the window's half-width int(3.5σ + 0.5) < the side
+    return SSIM(torchmetric_kwargs={"sigma": sigma})(x, clean)
 
 
 def _same_physics(models: list[Model]) -> None:
@@ -83,7 +96,7 @@ def evaluate(
     on_image: Callable[[int, int, str], None] | None = None,
 ) -> EvalResult:
     """PSNR/SSIM of every checkpoint (and of the observation) on every image of ``data``."""
-    from deepinv.loss.metric import PSNR, SSIM
+    from deepinv.loss.metric import PSNR
 
     if not checkpoints:
         raise InputError("give at least one checkpoint")
@@ -92,16 +105,17 @@ def evaluate(
     _same_physics(models)
     physics = models[0].scheme.physics  # one observation (noise, mask) per image, shared by all models
     images = ImageFolder.open(data)
-    scores = {"psnr": PSNR(max_pixel=1.0), "ssim": SSIM()}
+    scores = {"psnr": PSNR(max_pixel=1.0), "ssim": ssim}
     rows = []
     for i, path in enumerate(images.files):
         if on_image:
             on_image(i, len(images), path.name)
-        clean = images[i].unsqueeze(0).to(device)
+        clean = physics.fit_image(images[i].unsqueeze(0).to(device))
         check_fits(models[0], clean.shape, path)
         with torch.no_grad():
             observed = physics.simulate(clean, derive_seed(seed, "eval", path.name))
-        outputs = {OBSERVATION: observed.y} | {label: run(m, observed, T).x for label, m in zip(labels, models)}
+        baseline = {OBSERVATION: physics.baseline(observed)}
+        outputs = baseline | {label: run(m, observed, T).x for label, m in zip(labels, models)}
         rows.append(
             {"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()}
         )

@@ -9,6 +9,7 @@ fixed point û; the others (retune, unrolled) per (K, T), from ``u_0``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +20,16 @@ import torch
 from .checkpoint import learned_parameters
 from .config import Config
 from .core import implicit
+from .core.adjoint import ADJOINT_SOLVERS
 from .core.fixed_point import fixed_point
 from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, solve
 from .core.memory import saved_tensor_bytes
 from .core.pytree import leaves, norm
 from .data import sample_dir
 from .errors import InputError
+from .files import write_text
 from .images import read_image
+from .limits import check_cost
 
 DEFAULT_IMAGE = "astronaut.png"
 
@@ -47,11 +51,14 @@ class Comparison:
             "solver": self.solver,
         }
 
+    def write_json(self, path: Path) -> None:
+        write_text(path, json.dumps(self.to_json(), indent=2))
+
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     h, w = x.shape[-2:]
-    if crop > min(h, w):
-        raise InputError(f"--crop {crop} is larger than the image ({w}×{h})")
+    if not 1 <= crop <= min(h, w):
+        raise InputError(f"--crop {crop} must be at least 1 and at most the image's side ({w}×{h})")
     top, left = (h - crop) // 2, (w - crop) // 2
     return x[..., top : top + crop, left : left + crop]
 
@@ -87,15 +94,22 @@ class Problem:
     fixed_point: dict
 
 
-def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int) -> Problem:
+def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int, source: str) -> Problem:
+    """The problem, its fixed point û found to machine precision; a θ (of ``source``) that leaves the
+    scheme no valid step, or no finite fixed point, is refused."""
     device = next(scheme.parameters()).device
     clean = _center_crop(read_image(image or sample_dir() / DEFAULT_IMAGE), crop).unsqueeze(0).to(device, dtype)
     with torch.no_grad():
         obs = scheme.physics.simulate(clean, seed)
-        ctx = scheme.prepare(obs)
+        try:
+            ctx = scheme.prepare(obs)
+        except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
+            raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
         u0 = scheme.init(ctx)
         tol = 1e-14 if dtype == torch.float64 else 1e-7
         u_hat, stats = fixed_point(lambda u: scheme.restart(u, ctx, K), u0, tol, 100000)
+        if not all(bool(torch.all(torch.isfinite(leaf))) for leaf in leaves(u_hat)):
+            raise InputError(f"{source}: its θ gives a non-finite fixed point; θ is out of range")
         omega = float(scheme.contraction(ctx).detach())
 
     def loss(x: torch.Tensor) -> torch.Tensor:
@@ -157,13 +171,22 @@ def compare_gradients(
     solver: str = "gmres",
     tol: float = 1e-12,
     on_progress: Callable[[str], None] | None = None,
+    source: str = "θ",
 ) -> Comparison:
-    """Table of every gradient mode and finite differences (see module doc)."""
+    """Table of every gradient mode and finite differences (see module doc); ``source`` names where θ
+    comes from (a checkpoint, a preset) in messages."""
     if min(Ks) < 1 or min(Ts) < 1:
         raise InputError("--K and --T values must be at least 1")
+    if solver not in ADJOINT_SOLVERS:
+        raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
+    if not tol >= 0:
+        raise InputError(f"--tol must be 0 or positive, not {tol}")
+    iterations = max(Ks) * max(Ts)  # the largest unrolled row keeps every iterate of a crop² image
+    check_cost(f"--K {max(Ks)} × --T {max(Ts)} on a --crop {crop} image", iterations, iterations * 3 * crop**2,
+               dtype.itemsize)
     say = on_progress or (lambda _: None)
     say("fixed point")
-    p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks))
+    p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source)
     result = Comparison(_theta_names(p.scheme))
     options = {"tol": 1e-14 if dtype == torch.float64 else 1e-7, "max_restarts": 100000,
                "adjoint_solver": solver, "adjoint_tol": tol, "adjoint_max_iter": 1000}

@@ -1,20 +1,23 @@
 """Reading and writing images as float tensors ``(3, H, W)`` with values in [0, 1].
 
 Read: anything Pillow opens (PNG, JPEG, TIFF, BMP, WebP…); 16-bit PNG and TIFF keep their 16 bits
-(pypng, tifffile); ``.npy`` arrays ``H×W×C`` (or ``H×W``) of floats. Grayscale and palette images are
-converted to RGB, an alpha channel is dropped, CMYK is converted to RGB.
-Write, by suffix: ``.png``/``.tif``/``.tiff`` in 8 or 16 bits (clipped to [0, 1]), ``.npy`` float32
-``H×W×C`` not clipped.
+(pypng, tifffile); float TIFF and ``.npy`` arrays ``H×W×C`` (or ``H×W``) of real numbers as stored.
+Grayscale and palette images are converted to RGB, an alpha channel is dropped, CMYK is converted to
+RGB. Every read goes through :func:`~.files.reading` (a regular file; any decoder failure names it);
+images with non-finite values are refused. Write, by suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16
+bits (clipped to [0, 1]), ``.npy`` float32 ``H×W×C`` not clipped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .files import atomic_write, check_outputs, reading
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 WRITE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
@@ -43,18 +46,47 @@ def _png_header(path: Path) -> tuple[int, int, int]:
 
 
 def _check_pixels(width: int, height: int) -> None:
-    """Pillow's decompression-bomb guard, for the decoders that bypass Pillow (pypng, tifffile)."""
+    """Pillow's decompression-bomb guard, for the decoders that bypass Pillow (pypng, tifffile, numpy)."""
     from PIL import Image
 
     if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
         raise Image.DecompressionBombError(f"{width}×{height} pixels")
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A float32 copy of a ``.npy`` array of real numbers, its header checked before anything is
+    allocated (memory-mapped: a header promising more than the file holds is refused)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ValueError("an .npz archive, not a .npy array")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"its dtype {array.dtype} is not real numbers")
+    _check_pixels(array.size // 4, 1)  # as many values as the guard's count of RGBA pixels
+    return np.array(array, dtype=np.float32)
+
+
+def _decoded(path: Path, what: str, decode) -> np.ndarray:
+    """``decode(path)`` behind :func:`~.files.reading`, the bomb guard's refusal named too."""
+    from PIL import Image
+
+    with reading(path, what):
+        try:
+            return decode(path)
+        except Image.DecompressionBombError:
+            raise InputError(f"{what} {path} is too large to decode safely (decompression bomb guard)") from None
+
+
+def read_array(path: Path | str, what: str) -> np.ndarray:
+    """A ``.npy`` array of real numbers as float32 (e.g. a blur kernel); :class:`InputError` otherwise."""
+    return _decoded(Path(path), what, _load_npy)
+
+
 def _read_array(path: Path) -> np.ndarray:
     """Float array ``H×W×3`` in [0, 1] (``.npy``: as stored)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _to_rgb(np.load(path, allow_pickle=False).astype(np.float32))
+        return _to_rgb(_load_npy(path))
     width, height, depth = _png_header(path) if suffix == ".png" else (0, 0, 8)
     if depth == 16:
         import png
@@ -74,6 +106,8 @@ def _read_array(path: Path) -> np.ndarray:
             _check_pixels(page.imagewidth, page.imagelength)
             if page.dtype == np.uint16:
                 return _to_rgb(page.asarray().astype(np.float32) / 65535.0)
+            if page.dtype is not None and page.dtype.kind == "f":  # as stored, like .npy
+                return _to_rgb(page.asarray().astype(np.float32))
     from PIL import Image
 
     with Image.open(path) as im:
@@ -83,60 +117,64 @@ def _read_array(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def read_image(path: Path | str) -> torch.Tensor:
-    """``(3, H, W)`` float32 tensor; :class:`InputError` for a missing, unreadable or non-image file."""
-    from PIL import Image, UnidentifiedImageError
-
+def read_image(path: Path | str, what: str = "image") -> torch.Tensor:
+    """``(3, H, W)`` float32 tensor; :class:`InputError` for a missing, unreadable, non-image, empty or
+    non-finite file (``what`` names it in messages, e.g. ``--mask``)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image {path} does not exist")
-    try:
-        array = _read_array(path)
-    except Image.DecompressionBombError:
-        raise InputError(f"{path} is too large to decode safely (decompression bomb guard)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InputError(f"cannot read image {path}: {str(e).splitlines()[0] or 'not an image or truncated'}") from None
+    array = _decoded(path, what, _read_array)
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(f"image {path} is empty")
+        raise InputError(f"{what} {path} is empty")
+    if not np.isfinite(array).all():
+        raise InputError(f"{what} {path} has non-finite values (NaN or ±inf)")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def write_image(path: Path | str, x: torch.Tensor, bits: int = 8) -> None:
-    """Write ``x (3, H, W)``; the format follows the suffix (see the module docstring)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in WRITE_SUFFIXES:
-        raise InputError(f"cannot write {path}: use a .png, .tif, .tiff or .npy file name")
+def _check_format(path: Path, bits: int, what: str) -> None:
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise InputError(f"{what} {path}: use a .png, .tif, .tiff or .npy file name")
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, not {bits}")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a folder; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, x, bits)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _write(path: Path, x: torch.Tensor, bits: int) -> None:
+def check_image_outputs(outputs: Iterable[tuple[str, Path | None]], bits: int,
+                        inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """Before any work: each image output (``(flag, path)``) has a format :func:`write_image` knows, and
+    passes :func:`~.files.check_outputs` against the ``inputs``."""
+    outputs = list(outputs)
+    for flag, path in outputs:
+        if path is not None:
+            _check_format(Path(path), bits, flag)
+    check_outputs(outputs, inputs)
+
+
+def write_image(path: Path | str, x: torch.Tensor, bits: int = 8) -> None:
+    """Write ``x (3, H, W)`` atomically; the format follows the suffix (see the module docstring)."""
+    path = Path(path)
     suffix = path.suffix.lower()
-    array = x.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0)
+    _check_format(path, bits, "cannot write")
+    array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0))
+    atomic_write(path, lambda tmp: _write(tmp, suffix, array, bits))
+
+
+def _write(tmp: str, suffix: str, array: np.ndarray, bits: int) -> None:
+    """``array`` (H×W×3 float32) into the file ``tmp`` in the format of ``suffix``."""
     if suffix == ".npy":
-        np.save(path, np.ascontiguousarray(array))
+        with open(tmp, "wb") as f:
+            np.save(f, array)
         return
     scale, dtype = (255.0, np.uint8) if bits == 8 else (65535.0, np.uint16)
     quantized = np.round(np.clip(array, 0, 1) * scale).astype(dtype)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, quantized, photometric="rgb")
+        tifffile.imwrite(tmp, quantized, photometric="rgb")
     elif bits == 16:
         import png
 
         h, w, c = quantized.shape
-        with open(path, "wb") as f:
+        with open(tmp, "wb") as f:
             png.Writer(w, h, greyscale=False, bitdepth=16).write(f, quantized.reshape(h, w * c))
     else:
         from PIL import Image
 
-        Image.fromarray(quantized).save(path)
+        Image.fromarray(quantized).save(tmp, format="PNG")

@@ -79,7 +79,7 @@ def build_scheme(config: Config, device: torch.device | str = "cpu") -> Scheme:
 
 def solve_options(train: TrainConfig, **changes) -> SolveOptions:
     """The engine's options from ``train.K``, ``train.T``, ``train.tol``, … (``changes`` override)."""
-    keys = ("K", "T", "tol", "max_restarts", "adjoint_solver", "adjoint_tol", "adjoint_max_iter")
+    keys = ("K", "T", "tol", "max_restarts", "adjoint_solver", "adjoint_tol", "adjoint_max_iter", "accelerate")
     return SolveOptions(**({k: getattr(train, k) for k in keys} | changes))
 
 

@@ -16,10 +16,10 @@ def _figure(panels: int = 1):
 
 
 def _save(fig, path: Path) -> None:
-    """Write atomically (:func:`~retune_cli.rundir.atomic_write`); the suffix gives the format."""
+    """Write atomically (:func:`~retune_cli.files.atomic_write`); the suffix gives the format."""
     import matplotlib.pyplot as plt
 
-    from .rundir import atomic_write
+    from .files import atomic_write
 
     fig.tight_layout()
     try:

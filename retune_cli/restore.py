@@ -5,17 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from .core.hypergrad import GRADIENT_MODES, Solution, restore
-from .core.physics import Observation, Params
+from .core.physics import Observation, Params, UserOperator
 from .errors import InputError
-from .images import read_image
+from .images import read_array, read_image
+from .limits import check_cost
 from .models import build_scheme
 
 MAX_RESTARTS_WITH_TOL = 1000
+KERNEL_SUM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,18 @@ def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int,
 
 
 def run(model: Model, obs: Observation, T: int | None = None, tol: float | None = None) -> Solution:
-    """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget."""
+    """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget; a θ that
+    leaves the scheme no valid step, or gives non-finite values, is refused naming the checkpoint."""
     max_restarts, tolerance = restart_budget(model, T, tol)
-    return restore(model.scheme, obs, model.config.train.K, max_restarts, tolerance)
+    K, source = model.config.train.K, model.checkpoint.path
+    check_cost(f"--T {max_restarts} with the K = {K} of {source}: K × T", K * max_restarts)
+    try:
+        solution = restore(model.scheme, obs, K, max_restarts, tolerance)
+    except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
+        raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
+    if not torch.all(torch.isfinite(solution.x)):
+        raise InputError(f"{source}: restoring with its θ gives non-finite values; θ is out of range")
+    return solution
 
 
 @dataclass(frozen=True)
@@ -79,19 +89,36 @@ def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
         raise InputError(f"{image}: {e}") from None
 
 
-def _read_operator(path: Path, reads: str) -> torch.Tensor:
-    if reads == "image":
-        return read_image(path)
-    try:
-        return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-    except (OSError, ValueError) as e:
-        raise ValueError(str(e).splitlines()[0] or "not a .npy array") from None
+def _read_operator(path: Path, spec: UserOperator) -> torch.Tensor:
+    flag = f"--{spec.flag}"
+    return read_image(path, flag) if spec.reads == "image" else torch.from_numpy(read_array(path, flag))
 
 
-def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | None]) -> Params | None:
+def _normalized(kernel: torch.Tensor) -> torch.Tensor:
+    """``kernel`` divided by its sum (per channel for ``(C, h, w)``); a zero sum is left to be refused."""
+    sums = kernel.sum(dim=(-2, -1) if kernel.dim() > 2 else tuple(range(kernel.dim())), keepdim=True)
+    return kernel / torch.where(sums == 0, torch.ones_like(sums), sums)
+
+
+def _check_kernel_sum(kernel: torch.Tensor, path: Path) -> None:
+    """A blur keeps the mean brightness: each channel's kernel ``(1, 3, h, w)`` sums to 1 (± 1e-3)."""
+    sums = kernel.double().sum(dim=(-2, -1)).flatten()
+    if torch.any((sums - 1).abs() > KERNEL_SUM_TOL):
+        found = ", ".join(f"{s:.4g}" for s in sums.tolist())
+        fix = "; --normalize-kernel divides it by its sum" if torch.all(sums != 0) else ""
+        raise InputError(f"--kernel {path}: it sums to {found} (per channel), not 1, so it changes the "
+                         f"brightness{fix}")
+
+
+def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | None],
+                  normalize_kernel: bool = False) -> Params | None:
     """The physics' parameters from a user's file (``{"mask": path, "kernel": path}``, as the flags),
-    or None when none is given; the physics says which flag it takes and how it reads it."""
+    or None when none is given; the physics says which flag it takes and how it reads it. With
+    ``normalize_kernel`` a kernel is divided by its sum first (otherwise one that does not sum to 1
+    is refused, the message offering ``--normalize-kernel``)."""
     physics = model.scheme.physics
+    if normalize_kernel and operators.get("kernel") is None:
+        raise InputError("--normalize-kernel applies to a --kernel FILE; give one or drop it")
     given = {flag: path for flag, path in operators.items() if path is not None}
     spec = physics.user_operator
     for flag in given:
@@ -103,11 +130,42 @@ def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | N
     if not given:
         return None
     path = given[spec.flag]
+    operator = _read_operator(path, spec)
     try:
-        params = physics.operator_params(_read_operator(path, spec.reads), shape)
+        params = physics.operator_params(_normalized(operator) if normalize_kernel else operator, shape)
     except ValueError as e:
         raise InputError(f"--{spec.flag} {path}: {e}") from None
+    if spec.flag == "kernel":
+        _check_kernel_sum(params["kernel"], path)
     return {k: v.to(model.device) for k, v in params.items()}
+
+
+def _observe(model: Model, x: torch.Tensor, image: Path, seed: int | None, params: Params | None):
+    """``(clean or None, observation)``: ``x`` degraded with ``seed`` (cut to what the physics observes),
+    or ``x`` itself as a real observation of an image of ``physics.image_size``."""
+    physics = model.scheme.physics
+    if seed is not None:
+        clean = physics.fit_image(x)
+        check_fits(model, clean.shape, image)
+        with torch.no_grad():
+            return clean, physics.simulate(clean, seed, params)
+    if params is None and physics.needs_user_operator:
+        spec = physics.user_operator
+        raise InputError(f"this checkpoint's physics is {physics.name}: give --{spec.flag} FILE ({spec.meaning}), "
+                         "or --simulate")
+    check_fits(model, (*x.shape[:-2], *physics.image_size(x)), image)
+    return None, Observation(x, params or {})
+
+
+def check_scale(model: Model, scale: int | None, image: Path) -> None:
+    """``--scale``: the factor from the observation's size to the restored image's must be the model's."""
+    if scale is None:
+        return
+    probe = torch.zeros(1, 3, 16, 16)
+    own = model.scheme.physics.image_size(probe)[0] // 16
+    if scale != own:
+        raise InputError(f"--scale {scale}: {model.checkpoint.path} restores {image} at scale {own} "
+                         f"(physics {model.config.physics.name})")
 
 
 def restore_file(
@@ -117,29 +175,22 @@ def restore_file(
     T: int | None = None,
     tol: float | None = None,
     operators: dict[str, Path | None] | None = None,
+    scale: int | None = None,
+    normalize_kernel: bool = False,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
-    given mask or kernel, else with the checkpoint's physics' own, drawn from the seed)."""
+    given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
+    observation is restored at the physics' image size (``scale`` times larger for super-resolution)."""
     from deepinv.loss.metric import PSNR
 
-    physics = model.scheme.physics
+    check_scale(model, scale, image)
     x = read_image(image).unsqueeze(0).to(model.device)
-    params = user_operator(model, x.shape, operators or {})
-    check_fits(model, x.shape, image)
-    clean = None
-    if simulate_seed is not None:
-        clean = x
-        with torch.no_grad():
-            obs = physics.simulate(clean, simulate_seed, params)
-    elif params is None and physics.needs_user_operator:
-        spec = physics.user_operator
-        raise InputError(f"this checkpoint's physics is {physics.name}: give --{spec.flag} FILE ({spec.meaning}), "
-                         "or --simulate")
-    else:
-        obs = Observation(x, params or {})
+    params = user_operator(model, x.shape, operators or {}, normalize_kernel)
+    clean, obs = _observe(model, x, image, simulate_seed, params)
     result = run(model, obs, T, tol)
     psnr = psnr_obs = None
     if clean is not None:
         metric = PSNR(max_pixel=1.0)
-        psnr, psnr_obs = float(metric(result.x, clean)), float(metric(obs.y, clean))
+        baseline = model.scheme.physics.baseline(obs)
+        psnr, psnr_obs = float(metric(result.x, clean)), float(metric(baseline, clean))
     return RestoreResult(result.x[0], obs.y[0], result.restarts, result.residual, psnr, psnr_obs)

@@ -1,50 +1,52 @@
-"""The run folder of ``retune train``: folder policy, the CSV log, plots, and the one atomic-write helper.
+"""The run folder of ``retune train``: folder policy and lock, the CSV log, plots.
 
-Every file a run writes (checkpoint, log restart, config, figures) goes through :func:`atomic_write`:
-a temporary file in the same folder, flushed to disk, then renamed over the target, so a crash at
-any moment leaves either the old or the new file, never a torn one.
+Every file a run writes (checkpoint, log restart, config, figures) goes through
+:func:`~.files.atomic_write`: a crash at any moment leaves either the old or the new file, never a
+torn one. A run holds the folder's lock (``.retune.lock``, an ``flock`` the kernel releases when the
+process dies, so a killed run leaves no stale lock) from its preparation to its end: a second run on
+the same folder stops at once.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import tempfile
-from collections.abc import Callable
+import re
 from pathlib import Path
 
 from .errors import InputError
+from .files import atomic_write, check_folder, overlaps, reading, reason, write_text
 
 CHECKPOINT = "theta.safetensors"
+CONFIG = "config.yaml"
 LOG = "log.csv"
+PLOT = "psnr.png"
+RUN_FILES = (CHECKPOINT, CONFIG, LOG, PLOT)
+LOCK = ".retune.lock"
+STALE = re.compile(rf"^\.({'|'.join(re.escape(n) for n in RUN_FILES)})\..+\.tmp$")  # atomic_write's, after a kill
 LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err")
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, fsync it, rename it over ``path``;
-    the file's mode follows the umask like an ordinary file's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def folder_name(text: str) -> str:
+    """``text`` as one safe folder name: other characters than letters, digits and ``.=+-`` become
+    ``-`` and leading dots go, so that no name leaves its parent folder (``..``, ``/``)."""
+    return re.sub(r"[^\w.=+-]", "-", text).lstrip(".") or "run"
+
+
+def default_folder(preset: str) -> Path:
+    """``runs/<preset>``, always inside ``runs/``."""
+    return Path("runs") / folder_name(preset)
 
 
 def read_log(path: Path, until: int = 10**12) -> list[dict]:
-    """Rows of an existing log up to step ``until`` (a resumed run continues from there)."""
-    if not path.is_file():
+    """Rows of an existing log up to step ``until`` (a resumed run continues from there); a log that
+    is not one (binary, truncated header, non-numeric steps) is refused, naming it."""
+    if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) <= until]
+    with reading(path, "the run's log"), open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        numbers = [(int(row["step"]), float(row["psnr"]), float(row["seconds"])) for row in rows]
+    return [row for row, (step, _, _) in zip(rows, numbers) if step <= until]
 
 
 class RunDir:
@@ -54,6 +56,7 @@ class RunDir:
         self.path = path
         self._log = None
         self._writer = None
+        self._lock: int | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -62,24 +65,84 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.checkpoint.exists() or (self.path / LOG).exists()
 
-    def prepare(self, force: bool, resuming_from: Path | None) -> None:
-        """Refuse to overwrite an existing run unless ``force`` or resuming it in place; ``force``
-        removes the old run's checkpoint, so that no stale one is left beside the new run's files."""
+    def check(self, overwrite: bool, data: Path | None = None) -> None:
+        """Refuse, before anything is made: a file, a read-only folder, a folder inside ``data`` (the
+        training images), a folder holding files of the run's names (an earlier run's or the user's)
+        unless ``overwrite``."""
         out = self.path
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file; give a folder for the run")
+        if data is not None and overlaps(out, data):
+            raise InputError(f"--out {out} is inside --data {data}: the run's files would become training images; "
+                             "choose a folder outside it")
+        check_folder(out, f"--out {out}")
+        self._claim(overwrite)
+
+    def prepare(self, force: bool, resuming_from: Path | None = None, data: Path | None = None) -> None:
+        """:meth:`check` (``force`` or resuming in place may overwrite), then make and lock the folder.
+        Removes temporary files a killed run left, and with ``force`` the old checkpoint, so that no
+        stale one is left beside the new run's files."""
+        out = self.path
         in_place = resuming_from is not None and resuming_from.resolve().parent == out.resolve()
-        if self.holds_run() and not (force or in_place):
-            raise InputError(f"{out} already holds a run; pass --force to overwrite it or --resume {self.checkpoint}")
+        self.check(force or in_place, data)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise InputError(f"cannot create the run folder {out}: {e.strerror}") from None
+            raise InputError(f"cannot create the run folder {out}: {reason(e)}") from None
+        self._acquire()
+        try:
+            self._claim(force or in_place)  # again under the lock: a run may have ended in between
+        except InputError:
+            self.release()
+            raise
+        for stale in (p for p in out.iterdir() if STALE.match(p.name)):
+            stale.unlink()
         if force and not in_place and self.checkpoint.exists():
             self.checkpoint.unlink()
 
+    def _claim(self, overwrite: bool) -> None:
+        found = [name for name in RUN_FILES if (self.path / name).exists()] if self.path.is_dir() else []
+        if not found or overwrite:
+            return
+        if self.holds_run():
+            resume = f" or --resume {self.checkpoint}" if self.checkpoint.exists() else ""
+            raise InputError(f"{self.path} already holds a run; pass --force to overwrite it{resume}")
+        raise InputError(f"{self.path} already holds {found[0]}, which the run would overwrite; "
+                         "pass --force to overwrite it or choose another --out")
+
+    def _acquire(self) -> None:
+        """Hold the folder's lock, or stop at once naming the process that holds it."""
+        import fcntl
+
+        path = self.path / LOCK
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise InputError(f"cannot write in the run folder {self.path}: {reason(e)}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise InputError(f"{self.path} is in use by another retune train (pid {owner or '?'}); "
+                                 "wait for it to end or choose another --out") from None
+            if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (a no-op when not held)."""
+        if self._lock is not None:
+            (self.path / LOCK).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
     def write_config(self, text: str) -> None:
-        atomic_write(self.path / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+        write_text(self.path / CONFIG, text)
 
     def read_log(self, until: int) -> list[dict]:
         return read_log(self.path / LOG, until)
@@ -94,23 +157,37 @@ class RunDir:
                 writer.writerows(rows)
 
         atomic_write(self.path / LOG, write)
-        self._log = open(self.path / LOG, "a", newline="")
+        try:
+            self._log = open(self.path / LOG, "a", newline="")
+        except OSError as e:
+            raise self._write_error(e) from None
         self._writer = csv.DictWriter(self._log, LOG_FIELDS, extrasaction="ignore")
 
     def append(self, row: dict) -> None:
-        self._writer.writerow(row)
-        self._log.flush()
+        try:
+            self._writer.writerow(row)
+            self._log.flush()
+        except OSError as e:
+            raise self._write_error(e) from None
+
+    def _write_error(self, error: OSError) -> InputError:
+        return InputError(f"cannot write {self.path / LOG}: {reason(error)}")
 
     def close(self) -> None:
+        """Close the log and release the folder."""
         if self._log is not None:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError:
+                pass  # a full disk: the write that failed already said so
             self._log = None
+        self.release()
 
     def plot(self, label: str, rows: list[dict]) -> None:
         from .plots import plot_curves
 
         steps = [int(r["step"]) for r in rows]
-        plot_curves(self.path / "psnr.png", {label: (steps, [float(r["psnr"]) for r in rows])}, title=label)
+        plot_curves(self.path / PLOT, {label: (steps, [float(r["psnr"]) for r in rows])}, title=label)
 
 
 def plot_runs(path: Path, runs: dict[str, Path]) -> None:

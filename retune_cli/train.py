@@ -195,8 +195,10 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
 
 
 def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint | None, force: bool,
-          group: Group) -> tuple[ImageFolder, int, RunDir]:
-    """Validate the data and the run folder (before anything is written), then prepare the folder."""
+          group: Group, device) -> tuple[ImageFolder, int, ckpt.TrainState, list[dict], RunDir]:
+    """Check all a run needs — the images, its length, its starting state (``train.init``'s θ or the
+    resumed checkpoint's), the resumed log — then prepare and lock the run folder: nothing is written
+    or removed before everything is checked."""
     t = config.train
     images = ImageFolder.open(data)
     images.check_min_size(t.crop)
@@ -205,11 +207,17 @@ def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint 
     total = total_steps(config, len(images))
     if resume is not None and resume.step >= total:
         raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
+    state = new_state(config, device, resume)
     run = RunDir(out)
+    rows = run.read_log(resume.step) if resume is not None and group.is_main else []
     if group.is_main:
-        run.prepare(force, resume.path if resume is not None else None)
-        run.write_config(config.to_yaml())
-    return images, total, run
+        run.prepare(force, resume.path if resume is not None else None, data)
+        try:
+            run.write_config(config.to_yaml())
+        except InputError:
+            run.release()
+            raise
+    return images, total, state, rows, run
 
 
 def train(
@@ -229,21 +237,21 @@ def train(
     ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
     checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is,
     labelled with the number of Adam updates actually applied. With a distributed ``group``, each
-    rank trains on its share of every batch and only rank 0 writes files.
+    rank trains on its share of every batch and only rank 0 writes files; it holds the run folder's
+    lock from its preparation to its end.
     """
-    images, total, run = _open(config, out, data, resume, force, group)
-    state = new_state(config, device, resume)
+    images, total, state, rows, run = _open(config, out, data, resume, force, group, device)
     start = resume.step if resume is not None else 0
-    r = _Run(config, state, run, data, group, start, run.read_log(start) if group.is_main else [])
+    r = _Run(config, state, run, data, group, start, rows)
     if resume is not None:
         r.psnr, r.saved = resume.train_psnr, start
     updates_at_start = state.updates
-    if on_start and group.is_main:
-        on_start(start, total)
-    if group.is_main:
-        run.open_log(r.rows)
-    clock = time.perf_counter() - (float(r.rows[-1]["seconds"]) if r.rows else 0.0)
     try:
+        if group.is_main:
+            if on_start:
+                on_start(start, total)
+            run.open_log(r.rows)
+        clock = time.perf_counter() - (float(r.rows[-1]["seconds"]) if r.rows else 0.0)
         _loop(r, images, total, device, clock, on_step, should_stop)
     except TrainingDiverged as e:
         kept = f"the last finite checkpoint is {run.checkpoint} (step {r.saved})" if r.saved else "no checkpoint yet"

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from retune_cli import checkpoint as ckpt
 from retune_cli.cli import app
-from retune_cli.config import grid_configs, parse_grid, resolve
+from retune_cli.config import resolve
 from retune_cli.core.operators import ChannelBlur, build_physics
 from retune_cli.errors import InputError
+from retune_cli.grid import grid_configs, parse_grid
 from retune_cli.images import read_image
 
 WIDE = {"COLUMNS": "400"}

@@ -50,9 +50,9 @@ def test_wheel_ships_every_module(wheel_names):
 
 
 def test_installed_presets_match_repo():
-    from retune_cli import config
+    from retune_cli import config, yamlfiles
 
-    assert config.preset_names() == REPO_PRESETS
+    assert yamlfiles.preset_names() == REPO_PRESETS
     for name in REPO_PRESETS:
-        assert (config.preset_dir() / f"{name}.yaml").is_file()
+        assert (yamlfiles.preset_dir() / f"{name}.yaml").is_file()
         assert config.resolve(name).preset == name

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
+MAX_MESSAGE = 1000  # characters of an error line
+
+
+class _Console(Console):
+    """A Rich console that prints any text, even a path that is not UTF-8 (its undecodable bytes as �)."""
+
+    def _render_buffer(self, buffer) -> str:
+        return super()._render_buffer(buffer).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+console = _Console()
+err_console = _Console(stderr=True, soft_wrap=True)
 
 
 # Config keys that have their own flag: workflows name keys, messages show both (one boundary, here).
@@ -28,20 +39,38 @@ def with_flags(message: str) -> str:
     import re
 
     for key, flag in KEY_FLAGS.items():
-        message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w])", f"{key} ({flag})", message, count=1)
+        message = re.sub(rf"(?<![\w.'-]){re.escape(key)}(?![\w])", f"{key} ({flag})", message, count=1)
     return message
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr as one line: newlines folded, at most :data:`MAX_MESSAGE`
+    characters, no Rich markup."""
+    text = " ".join(message.split())
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1] + "…"
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """:func:`print_error`, then exit with ``code``."""
+    print_error(message)
+    raise typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one line on stderr and an exit code."""
+    """The one error boundary: the errors a user can fix become one line on stderr and exit code 2 (an
+    OSError no reader or writer named a file for too); Ctrl-C exits with 130."""
     from ..errors import InputError
+    from ..files import reason
 
     try:
         yield
     except InputError as e:
-        err_console.print(f"[bold red]error:[/] {with_flags(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(with_flags(str(e)))
+    except OSError as e:
+        fail(reason(e) + (f": {e.filename}" if e.filename else ""))
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
@@ -89,6 +118,7 @@ def check_preset(preset: str | None, config, source: Path) -> None:
 
 
 DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
+SEED_MAX = 2**63 - 1  # a seed is a 64-bit signed integer (torch.Generator), as train.seed
 
 
 def int_list(text: str, flag: str) -> list[int]:

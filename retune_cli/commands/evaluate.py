@@ -38,9 +38,12 @@ def eval_(
 
         from ..errors import InputError
         from ..evaluate import evaluate
+        from ..files import check_outputs
 
         if T is not None and T < 1:
             raise InputError("--T must be at least 1")
+        check_outputs((("--json", json_), ("--csv", csv_)),
+                      [("--data", data), *(("the checkpoint", path) for path in checkpoints)])
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("evaluating", total=None)
             result = evaluate(

@@ -12,6 +12,7 @@ from .common import (
     DEFAULT_PRESET,
     DEVICE_OPTION,
     PRESET_HELP,
+    SEED_MAX,
     check_preset,
     console,
     device_from,
@@ -30,7 +31,7 @@ def compare_grads(
     checkpoint: Annotated[Path | None, typer.Option(help="Take θ (and the physics) from a checkpoint.")] = None,
     image: Annotated[Path | None, typer.Option(help="Clean image (default: the built-in astronaut).")] = None,
     crop: Annotated[int, typer.Option(help="Side of the center crop (finite differences cost 2·d solves).")] = 64,
-    seed: Annotated[int, typer.Option(help="Noise seed, as in retune restore --simulate --seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed (as restore --simulate --seed).")] = 0,
     K: Annotated[str, typer.Option("--K", help="Comma-separated K values.")] = "1,5,10",
     T: Annotated[str, typer.Option("--T", help="Comma-separated T values.")] = "1,2,5,10,20",
     dtype: Annotated[str, typer.Option(help="float64 (default, for exact comparisons) or float32.")] = "float64",
@@ -42,22 +43,19 @@ def compare_grads(
 ) -> None:
     """How close are ReTune, JFB and unrolled hypergradients to the exact DEQ one? (paper Lemma 1, Thm 2)"""
     with user_errors():
-        import json
-
         import torch
 
         from ..config import resolve
-        from ..core.adjoint import ADJOINT_SOLVERS
         from ..errors import InputError
+        from ..files import check_outputs
         from ..gradients import compare_gradients
         from ..plots import plot_gradient_errors
         from ..restore import load_model
 
         if dtype not in ("float64", "float32"):
             raise InputError(f"--dtype must be float64 or float32, not {dtype!r}")
-        if solver not in ADJOINT_SOLVERS:
-            raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
         Ks, Ts = int_list(K, "--K"), int_list(T, "--T")
+        check_outputs((("--json", json_), ("--plot", plot)), (("the checkpoint", checkpoint), ("--image", image)))
         dev = device_from(device)
         if checkpoint is not None:
             model = load_model(checkpoint, dev)
@@ -71,19 +69,9 @@ def compare_grads(
             config = resolve(preset or DEFAULT_PRESET)
             scheme = build_scheme(config, dev)
         with console.status("computing gradients…") as status:
-            result = compare_gradients(
-                scheme,
-                config,
-                image,
-                crop,
-                seed,
-                Ks,
-                Ts,
-                getattr(torch, dtype),
-                solver,
-                tol,
-                on_progress=lambda what: status.update(f"computing gradients: {what}…"),
-            )
+            result = compare_gradients(scheme, config, image, crop, seed, Ks, Ts, getattr(torch, dtype), solver, tol,
+                                       on_progress=lambda what: status.update(f"computing gradients: {what}…"),
+                                       source=str(checkpoint or f"preset {config.preset}"))
         console.print(_gradient_table(result))
         s = result.solver
         console.print(
@@ -92,7 +80,7 @@ def compare_grads(
             highlight=False,
         )
         if json_:
-            json_.write_text(json.dumps(result.to_json(), indent=2))
+            result.write_json(json_)
         if plot:
             plot_gradient_errors(plot, result.rows)
 

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     DEVICE_OPTION,
+    SEED_MAX,
     console,
     device_from,
     user_errors,
@@ -38,7 +39,7 @@ def restore(
     simulate: Annotated[
         bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Noise seed for --simulate.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed for --simulate.")] = 0,
     save_observation: Annotated[
         Path | None, typer.Option(help="Also write the degraded image (same suffix rules).")
     ] = None,
@@ -48,25 +49,30 @@ def restore(
     kernel: Annotated[
         Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
     ] = None,
+    normalize_kernel: Annotated[
+        bool, typer.Option(help="Divide the --kernel by its sum (per channel) rather than refuse one not summing to 1.")
+    ] = False,
+    scale: Annotated[
+        int | None,
+        typer.Option(help="Super-resolution: the factor the checkpoint upsamples by (checked), e.g. --scale 4."),
+    ] = None,
     bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
     device: Annotated[str, DEVICE_OPTION] = "auto",
 ) -> None:
     """Restore one image with a checkpoint's model and physics, and report the residual reached."""
     with user_errors():
         from ..errors import InputError
-        from ..images import WRITE_SUFFIXES, write_image
+        from ..images import check_image_outputs, write_image
         from ..restore import load_model, restore_file
 
         output = output or image.with_name(f"{image.stem}.restored.png")
-        for path, flag in ((output, "--output"), (save_observation, "--save-observation")):
-            if path is not None and path.suffix.lower() not in WRITE_SUFFIXES:
-                raise InputError(f"{flag} {path}: use a .png, .tif, .tiff or .npy file name")
-        if bits not in (8, 16):
-            raise InputError(f"--bits must be 8 or 16, not {bits}")
         if (T is not None and T < 1) or (tol is not None and not tol >= 0):
             raise InputError("--T must be at least 1 and --tol non-negative")
+        inputs = (("the checkpoint", checkpoint), ("the image", image), ("--mask", mask), ("--kernel", kernel))
+        check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits, inputs)
         model = load_model(checkpoint, device_from(device))
-        result = restore_file(model, image, seed if simulate else None, T, tol, {"mask": mask, "kernel": kernel})
+        operators = {"mask": mask, "kernel": kernel}
+        result = restore_file(model, image, seed if simulate else None, T, tol, operators, scale, normalize_kernel)
         write_image(output, result.restored, bits)
         if save_observation is not None:
             write_image(save_observation, result.observation, bits)

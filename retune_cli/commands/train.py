@@ -77,12 +77,14 @@ def train(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from .. import checkpoint as ckpt
-        from ..config import for_resume, grid_configs, parse_grid, parse_set, resolve
+        from ..config import for_resume, resolve
         from ..distributed import start as start_distributed
         from ..errors import InputError
-        from ..rundir import plot_runs
+        from ..grid import grid_configs, parse_grid
+        from ..rundir import RunDir, default_folder, plot_runs
         from ..train import TrainingDiverged
         from ..train import train as run_training
+        from ..yamlfiles import parse_set
 
         flags = {"K": K, "T": T, "steps": steps, "epochs": epochs, "batch_size": batch_size, "crop": crop}
         flags |= {"lr": lr, "gradient": gradient, "seed": seed, "check_gradient_every": check_gradient_every}
@@ -97,10 +99,12 @@ def train(
         else:
             checkpoint = None
             config = resolve(preset or DEFAULT_PRESET, overrides)
-            out = out or Path("runs") / config.preset
+            out = out or default_folder(config.preset)
         if grid is not None and resume is not None:
             raise InputError("--grid starts new runs; resume each sub-folder's run with --resume instead")
         runs = [(name, cfg, out / name) for name, cfg in grid_configs(config, parse_grid(grid))] if grid else []
+        if runs:
+            RunDir(out).check(force, data)  # the grid's own psnr.png
         group, dev = start_distributed(device_from(device))
         quiet = not group.is_main
         columns = (
