@@ -1,4 +1,5 @@
-"""Helpers and fixtures shared by the reliability tests (test_bad_inputs.py, test_interruptions.py)."""
+"""Helpers shared by the reliability tests (test_bad_inputs.py, test_interruptions.py, and one module per class of
+failure: test_data_loss.py, test_tracebacks.py, test_silent_garbage.py, test_hangs.py, test_messages.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from typer.testing import CliRunner
 
 from retune_cli import checkpoint as ckpt
 from retune_cli.cli import app
+from retune_cli.config import resolve
+from retune_cli.models import build_scheme
 from retune_cli.restore import load_model
+from retune_cli.rundir import LOCK, STALE
 
 WIDE = {"COLUMNS": "400"}  # Rich must not wrap the one-line messages
 FAST = ["--crop", "32", "--batch-size", "1", "--K", "1", "--T", "1", "--device", "cpu"]
 EVERY_STEP = ["--set", "train.checkpoint_every=1"]
 WAIT = 180  # seconds: a generous bound for a loaded machine; the runs take a few seconds
-# What an atomic write killed mid-way may leave: checkpoint.save's temporary file, and the one safetensors' save_file
-# itself writes first (0.8 writes through a Rust NamedTempFile, ".tmpXXXXXX", then renames it).
-LEFTOVER = re.compile(r"^(\.theta\.safetensors\..+\.tmp|\.tmp\w{6})$")
+# What a kill -9 may leave: atomic_write's temporary files of the run's files (the next run removes them), and the run
+# folder's lock file (its flock dies with the process: the next run takes it over).
+LEFTOVER = re.compile(rf"{STALE.pattern}|^{re.escape(LOCK)}$")
 
 
 def invoke(*args):
@@ -30,6 +34,34 @@ def invoke(*args):
 def ok(result):
     assert result.exit_code == 0, (result.output, result.exception)
     return result
+
+
+def refused_training(data: Path, out: Path, *args, fragments: tuple[str, ...] = ()) -> str:
+    """A one-step training run on ``data`` refused (see :func:`one_line_error`) before ``out`` is made: its line."""
+    line = one_line_error(invoke("train", "--steps", 1, *FAST, "--data", data, "--out", out, *args), *fragments)
+    assert not out.exists()
+    return line
+
+
+def save_checkpoint(path: Path, preset: str = "denoise-wavelet-b", theta: float | None = None, **overrides) -> Path:
+    """A checkpoint of ``preset`` at its initial θ (tiny crop), or with every log-domain θ set to ``theta``."""
+    config = resolve(preset, {"train.crop": 32, "train.K": 2, "train.T": 2, **overrides})
+    parameters = ckpt.learned_parameters(build_scheme(config))
+    if theta is not None:
+        parameters = {k: torch.full_like(v, theta) for k, v in parameters.items()}
+    ckpt.save(path, config, parameters, 1, 0.0)
+    return path
+
+
+def snapshot(*paths: Path) -> dict[Path, bytes]:
+    """The bytes of every file given, and of every file inside each folder given."""
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p])]
+    return {f: f.read_bytes() for f in files if f.is_file()}
+
+
+def assert_survived(before: dict[Path, bytes]) -> None:
+    """Every file of a :func:`snapshot` is still there, byte for byte."""
+    assert {f: f.read_bytes() if f.is_file() else None for f in before} == before
 
 
 def one_line_error(result, *fragments: str) -> str:
