@@ -92,8 +92,9 @@ def save(
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
 
 
-def load(path: Path | str) -> Checkpoint:
-    """Read and check a checkpoint; :class:`InputError` says what is wrong with a bad one."""
+def load(path: Path | str, trust_code: bool = False) -> Checkpoint:
+    """Read and check a checkpoint; :class:`InputError` says what is wrong with a bad one. A checkpoint
+    whose physics runs code named in its config is refused unless ``trust_code``."""
     path = input_file(path, "checkpoint", "; give a theta.safetensors written by retune train")
     tensors, metadata = read_safetensors(path, "checkpoint")
     if metadata.get("format") != FORMAT or "config" not in metadata:
@@ -102,7 +103,7 @@ def load(path: Path | str) -> Checkpoint:
         raise InputError(
             f"{path} has checkpoint format {metadata.get('format_version')}; this retune reads {FORMAT_VERSION}"
         )
-    config = from_yaml(metadata["config"], str(path))
+    config = from_yaml(metadata["config"], str(path), trust_code)
     try:
         step, psnr = int(metadata["step"]), float(metadata["train_psnr"])
     except (KeyError, ValueError):

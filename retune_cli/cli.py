@@ -7,6 +7,7 @@ usage (one line, no traceback), 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -71,6 +72,9 @@ app.command("compare-grads", epilog=gradients.EPILOG)(gradients.compare_grads)
 
 
 def main() -> None:
+    """The console script. OpenMP threads wait passively (set before torch is imported): spinning
+    threads collapse throughput when the machine is shared with other busy processes."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except KeyboardInterrupt:

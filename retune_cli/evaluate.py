@@ -94,6 +94,8 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     on_image: Callable[[int, int, str], None] | None = None,
+    trust_code: bool = False,
+    accelerate: str | None = None,
 ) -> EvalResult:
     """PSNR/SSIM of every checkpoint (and of the observation) on every image of ``data``."""
     from deepinv.loss.metric import PSNR
@@ -101,7 +103,7 @@ def evaluate(
     if not checkpoints:
         raise InputError("give at least one checkpoint")
     labels = checkpoint_labels(checkpoints)
-    models = [load_model(p, device) for p in checkpoints]
+    models = [load_model(p, device, trust_code) for p in checkpoints]
     _same_physics(models)
     physics = models[0].scheme.physics  # one observation (noise, mask) per image, shared by all models
     images = ImageFolder.open(data)
@@ -115,7 +117,7 @@ def evaluate(
         with torch.no_grad():
             observed = physics.simulate(clean, derive_seed(seed, "eval", path.name))
         baseline = {OBSERVATION: physics.baseline(observed)}
-        outputs = baseline | {label: run(m, observed, T).x for label, m in zip(labels, models)}
+        outputs = baseline | {label: run(m, observed, T, accelerate=accelerate).x for label, m in zip(labels, models)}
         rows.append(
             {"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()}
         )

@@ -144,8 +144,21 @@ def _bounds(p: Problem, K: int, result: Comparison) -> float | None:
     return implicit.lemma1_bound(delta, norm(lin.loss_gradient()), implicit.jacobian_theta_norm(lin))
 
 
-def _rows_for_K(p: Problem, K: int, Ts: list[int], options: dict, rows: _Rows, result: Comparison, skip=()) -> None:
-    """The equilibrium modes once (from û), then the restart modes per T (from u_0); ``skip``: done."""
+def _accelerated_rows(p: Problem, K: int, T: int, rows: _Rows) -> None:
+    """ReTune from Anderson-accelerated restarts: the row ``retune-anderson``; its ``restart_term`` is
+    ``δ_K‖û − ũ‖`` with ũ the point the recorded Φ_K starts from."""
+    ctx = p.scheme.prepare(p.obs)
+    point, _ = fixed_point(lambda u: p.scheme.restart(u, ctx, K), p.u0, 0.0, T - 1, "anderson")
+    distance = norm([a - b for a, b in zip(leaves(p.u_hat), leaves(point))])
+    o = SolveOptions(K, T, accelerate="anderson")
+    (g, _), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, o, "retune", p.loss)
+    rows.add("retune-anderson", K, T, g, seconds, saved, restart_term=p.omega**K * distance)
+
+
+def _rows_for_K(p: Problem, K: int, Ts: list[int], options: dict, rows: _Rows, result: Comparison, skip=(),
+                accelerate: bool = False) -> None:
+    """The equilibrium modes once (from û), then the restart modes per T (from u_0), and with
+    ``accelerate`` ReTune from accelerated restarts; ``skip``: done already."""
     bound = _bounds(p, K, result)
     distance = norm([a - b for a, b in zip(leaves(p.u_hat), leaves(p.u0))])
     for method in (m for m, mode in GRADIENT_MODES.items() if mode.equilibrium and m not in skip):
@@ -157,6 +170,8 @@ def _rows_for_K(p: Problem, K: int, Ts: list[int], options: dict, rows: _Rows, r
         for method in (m for m, mode in GRADIENT_MODES.items() if not mode.equilibrium):
             (g, _), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, SolveOptions(K, T), method, p.loss)
             rows.add(method, K, T, g, seconds, saved, restart_term=(p.omega**K) ** T * distance)
+        if accelerate:
+            _accelerated_rows(p, K, T, rows)
 
 
 def compare_gradients(
@@ -172,9 +187,10 @@ def compare_gradients(
     tol: float = 1e-12,
     on_progress: Callable[[str], None] | None = None,
     source: str = "θ",
+    accelerate: bool = False,
 ) -> Comparison:
     """Table of every gradient mode and finite differences (see module doc); ``source`` names where θ
-    comes from (a checkpoint, a preset) in messages."""
+    comes from (a checkpoint, a preset) in messages; ``accelerate`` adds ``retune-anderson`` rows."""
     if min(Ks) < 1 or min(Ts) < 1:
         raise InputError("--K and --T values must be at least 1")
     if solver not in ADJOINT_SOLVERS:
@@ -205,5 +221,5 @@ def compare_gradients(
     rows.add("fd", None, None, fd, fd_seconds, 0)
     for K in Ks:
         say(f"K = {K}")
-        _rows_for_K(p, K, list(Ts), options, rows, result, skip=("deq",) if K == min(Ks) else ())
+        _rows_for_K(p, K, list(Ts), options, rows, result, ("deq",) if K == min(Ks) else (), accelerate)
     return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import reprlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -44,3 +46,44 @@ def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[st
             raise InputError(f"--grid gives two runs the folder name {name}; give each value once")
         runs.append((name, with_overrides(config, overrides, f"--grid {name}")))
     return runs
+
+
+@dataclass
+class TrainPlan:
+    """What ``retune train`` runs: the config, the checkpoint resumed (if any), the data folder and one
+    ``(name, config, folder)`` per run (several with ``--grid``), with the grid's own folder."""
+
+    config: Config
+    checkpoint: object
+    data: Path | None
+    runs: list[tuple[str, Config, Path]]
+    grid_folder: Path | None
+
+
+def plan(preset: str | None, overrides: dict, out: Path | None, data: Path | None, resume: Path | None,
+         grid: str | None, force: bool, trust_code: bool = False) -> TrainPlan:
+    """Resolve the config (a preset and overrides, or a resumed checkpoint's with its length changed)
+    and the runs; checks the grid's folder before anything trains."""
+    from . import DEFAULT_PRESET
+    from . import checkpoint as ckpt
+    from .config import for_resume, resolve
+    from .rundir import RunDir, default_folder
+
+    checkpoint = None
+    if resume is not None:
+        checkpoint = ckpt.load(resume, trust_code)
+        if preset is not None and preset != checkpoint.config.preset:
+            raise InputError(f"--preset {preset}: {resume} was trained with preset {checkpoint.config.preset}; "
+                             "drop --preset")
+        config = for_resume(checkpoint.config, overrides, str(resume))
+        out, data = out or resume.parent, data or checkpoint.data
+    else:
+        config = resolve(preset or DEFAULT_PRESET, overrides)
+        out = out or default_folder(config.preset)
+    if grid is None:
+        return TrainPlan(config, checkpoint, data, [(config.preset, config, out)], None)
+    if resume is not None:
+        raise InputError("--grid starts new runs; resume each sub-folder's run with --resume instead")
+    runs = [(name, cfg, out / name) for name, cfg in grid_configs(config, parse_grid(grid))]
+    RunDir(out).check(force, data)  # the grid's own psnr.png
+    return TrainPlan(config, None, data, runs, out)

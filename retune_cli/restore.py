@@ -35,8 +35,8 @@ class Model:
         return next(self.scheme.parameters()).device
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu") -> Model:
-    checkpoint = ckpt.load(path)
+def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code: bool = False) -> Model:
+    checkpoint = ckpt.load(path, trust_code)
     scheme = build_scheme(checkpoint.config, device)
     ckpt.load_parameters(scheme, checkpoint)
     scheme.eval()
@@ -56,14 +56,17 @@ def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int,
     return (T or MAX_RESTARTS_WITH_TOL), tol
 
 
-def run(model: Model, obs: Observation, T: int | None = None, tol: float | None = None) -> Solution:
-    """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget; a θ that
-    leaves the scheme no valid step, or gives non-finite values, is refused naming the checkpoint."""
+def run(model: Model, obs: Observation, T: int | None = None, tol: float | None = None,
+        accelerate: str | None = None) -> Solution:
+    """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget, the
+    restarts accelerated as ``accelerate`` says (default: as the model trained); a θ that leaves the
+    scheme no valid step, or gives non-finite values, is refused naming the checkpoint."""
     max_restarts, tolerance = restart_budget(model, T, tol)
     K, source = model.config.train.K, model.checkpoint.path
     check_cost(f"--T {max_restarts} with the K = {K} of {source}: K × T", K * max_restarts)
     try:
-        solution = restore(model.scheme, obs, K, max_restarts, tolerance)
+        solution = restore(model.scheme, obs, K, max_restarts, tolerance,
+                           accelerate=accelerate or model.config.train.accelerate)
     except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
         raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
     if not torch.all(torch.isfinite(solution.x)):
@@ -177,6 +180,7 @@ def restore_file(
     operators: dict[str, Path | None] | None = None,
     scale: int | None = None,
     normalize_kernel: bool = False,
+    accelerate: str | None = None,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
     given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
@@ -187,7 +191,7 @@ def restore_file(
     x = read_image(image).unsqueeze(0).to(model.device)
     params = user_operator(model, x.shape, operators or {}, normalize_kernel)
     clean, obs = _observe(model, x, image, simulate_seed, params)
-    result = run(model, obs, T, tol)
+    result = run(model, obs, T, tol, accelerate)
     psnr = psnr_obs = None
     if clean is not None:
         metric = PSNR(max_pixel=1.0)

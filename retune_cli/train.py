@@ -130,14 +130,15 @@ def train_step(
     return StepOutcome(float(scores[0]), float(scores[1]), solution, check)
 
 
-def new_state(config: Config, device: torch.device | str, resume: ckpt.Checkpoint | None) -> ckpt.TrainState:
+def new_state(config: Config, device: torch.device | str, resume: ckpt.Checkpoint | None,
+              trust_code: bool = False) -> ckpt.TrainState:
     """The scheme at its initial θ (or ``train.init``'s, or the resumed run's) and Adam."""
     torch.manual_seed(config.train.seed)
     scheme = build_scheme(config, device)
     params = trainable(scheme)
     state = ckpt.TrainState(scheme, torch.optim.Adam(params.values(), lr=config.train.lr), params)
     if config.train.init and resume is None:
-        ckpt.load_init(scheme, ckpt.load(config.train.init))
+        ckpt.load_init(scheme, ckpt.load(config.train.init, trust_code))
     if resume is not None:
         state.load(resume)
     return state
@@ -195,7 +196,7 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
 
 
 def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint | None, force: bool,
-          group: Group, device) -> tuple[ImageFolder, int, ckpt.TrainState, list[dict], RunDir]:
+          group: Group, device, trust_code: bool) -> tuple[ImageFolder, int, ckpt.TrainState, list[dict], RunDir]:
     """Check all a run needs — the images, its length, its starting state (``train.init``'s θ or the
     resumed checkpoint's), the resumed log — then prepare and lock the run folder: nothing is written
     or removed before everything is checked."""
@@ -207,7 +208,7 @@ def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint 
     total = total_steps(config, len(images))
     if resume is not None and resume.step >= total:
         raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
-    state = new_state(config, device, resume)
+    state = new_state(config, device, resume, trust_code)
     run = RunDir(out)
     rows = run.read_log(resume.step) if resume is not None and group.is_main else []
     if group.is_main:
@@ -231,6 +232,7 @@ def train(
     on_start: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     group: Group = SINGLE,
+    trust_code: bool = False,
 ) -> TrainResult:
     """Train from the initial θ (or from ``resume``) for the configured number of steps.
 
@@ -238,9 +240,10 @@ def train(
     checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is,
     labelled with the number of Adam updates actually applied. With a distributed ``group``, each
     rank trains on its share of every batch and only rank 0 writes files; it holds the run folder's
-    lock from its preparation to its end.
+    lock from its preparation to its end. ``trust_code``: ``train.init`` may name a physics that runs
+    code from its config.
     """
-    images, total, state, rows, run = _open(config, out, data, resume, force, group, device)
+    images, total, state, rows, run = _open(config, out, data, resume, force, group, device, trust_code)
     start = resume.step if resume is not None else 0
     r = _Run(config, state, run, data, group, start, rows)
     if resume is not None:

@@ -6,6 +6,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -106,7 +107,6 @@ PRESET_HELP = (
     "Built-in preset (see README; default denoise-wavelet-b) or a YAML file of the same shape: "
     "copy one from the repository's presets/ folder."
 )
-DEFAULT_PRESET = "denoise-wavelet-b"
 
 
 def check_preset(preset: str | None, config, source: Path) -> None:
@@ -118,6 +118,55 @@ def check_preset(preset: str | None, config, source: Path) -> None:
 
 
 DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
+TrustCode = Annotated[
+    bool, typer.Option(help="Allow a checkpoint whose physics runs Python code named in its config (physics.factory).")
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch (default: the cores this process may use, RETUNE_THREADS to set)."),
+]
+Accelerate = Annotated[
+    str | None,
+    typer.Option(help="Restarts: none or anderson (accelerated, same fixed point); default: the checkpoint's."),
+]
+
+
+def check_accelerate(accelerate: str | None) -> None:
+    from ..errors import InputError
+
+    if accelerate not in (None, "none", "anderson"):
+        raise InputError(f"--accelerate must be none or anderson, not {accelerate!r}")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: ``threads``, else ``$RETUNE_THREADS``, else the cores available to the
+    process (torch's own default counts the machine's cores, which oversubscribes a shared or
+    containerised machine). OpenMP waits passively (see :func:`retune_cli.cli.main`)."""
+    import os
+
+    from ..errors import InputError
+
+    if threads is None and os.environ.get("RETUNE_THREADS", "").strip():
+        try:
+            threads = int(os.environ["RETUNE_THREADS"])
+        except ValueError:
+            raise InputError(f"RETUNE_THREADS must be an integer, not {os.environ['RETUNE_THREADS']!r}") from None
+    if threads is not None and not 1 <= threads <= 1024:
+        raise InputError(f"--threads must be between 1 and 1024, not {threads}")
+    import torch
+
+    torch.set_num_threads(threads or available_cores())
+    return torch.get_num_threads()
 SEED_MAX = 2**63 - 1  # a seed is a 64-bit signed integer (torch.Generator), as train.seed
 
 

@@ -10,8 +10,13 @@ from rich.table import Table
 
 from .common import (
     DEVICE_OPTION,
+    Accelerate,
+    Threads,
+    TrustCode,
+    check_accelerate,
     console,
     device_from,
+    set_threads,
     user_errors,
 )
 
@@ -31,6 +36,9 @@ def eval_(
     ] = None,
     csv_: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
+    accelerate: Accelerate = None,
+    trust_code: TrustCode = False,
+    threads: Threads = None,
 ) -> None:
     """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM."""
     with user_errors():
@@ -42,6 +50,8 @@ def eval_(
 
         if T is not None and T < 1:
             raise InputError("--T must be at least 1")
+        check_accelerate(accelerate)
+        set_threads(threads)
         check_outputs((("--json", json_), ("--csv", csv_)),
                       [("--data", data), *(("the checkpoint", path) for path in checkpoints)])
         with Progress(console=console, transient=True) as progress:
@@ -53,6 +63,8 @@ def eval_(
                 seed,
                 device_from(device),
                 on_image=lambda i, n, name: progress.update(task, completed=i, total=n, description=name),
+                trust_code=trust_code,
+                accelerate=accelerate,
             )
         console.print(_eval_table(result))
         if json_:

@@ -8,15 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import DEFAULT_PRESET
 from .common import (
-    DEFAULT_PRESET,
     DEVICE_OPTION,
     PRESET_HELP,
     SEED_MAX,
+    Threads,
+    TrustCode,
     check_preset,
     console,
     device_from,
     int_list,
+    set_threads,
     user_errors,
 )
 
@@ -40,38 +43,30 @@ def compare_grads(
     json_: Annotated[Path | None, typer.Option("--json", help="Write all gradients and errors as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Figure: relative error against T per K, bounds dotted.")] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
+    accelerate: Annotated[bool, typer.Option(help="Also ReTune from Anderson-accelerated restarts.")] = False,
+    trust_code: TrustCode = False,
+    threads: Threads = None,
 ) -> None:
     """How close are ReTune, JFB and unrolled hypergradients to the exact DEQ one? (paper Lemma 1, Thm 2)"""
     with user_errors():
         import torch
 
-        from ..config import resolve
         from ..errors import InputError
         from ..files import check_outputs
         from ..gradients import compare_gradients
         from ..plots import plot_gradient_errors
-        from ..restore import load_model
 
         if dtype not in ("float64", "float32"):
             raise InputError(f"--dtype must be float64 or float32, not {dtype!r}")
         Ks, Ts = int_list(K, "--K"), int_list(T, "--T")
         check_outputs((("--json", json_), ("--plot", plot)), (("the checkpoint", checkpoint), ("--image", image)))
         dev = device_from(device)
-        if checkpoint is not None:
-            model = load_model(checkpoint, dev)
-            scheme, config = model.scheme, model.config
-            check_preset(preset, config, checkpoint)
-            if config.model.learn == "denoiser":
-                raise InputError("compare-grads needs a small θ; a checkpoint that learns the denoiser has ~10⁶")
-        else:
-            from ..models import build_scheme
-
-            config = resolve(preset or DEFAULT_PRESET)
-            scheme = build_scheme(config, dev)
+        set_threads(threads)
+        scheme, config = _theta(preset, checkpoint, dev, trust_code)
         with console.status("computing gradients…") as status:
             result = compare_gradients(scheme, config, image, crop, seed, Ks, Ts, getattr(torch, dtype), solver, tol,
                                        on_progress=lambda what: status.update(f"computing gradients: {what}…"),
-                                       source=str(checkpoint or f"preset {config.preset}"))
+                                       source=str(checkpoint or f"preset {config.preset}"), accelerate=accelerate)
         console.print(_gradient_table(result))
         s = result.solver
         console.print(
@@ -83,6 +78,23 @@ def compare_grads(
             result.write_json(json_)
         if plot:
             plot_gradient_errors(plot, result.rows)
+
+
+def _theta(preset: str | None, checkpoint: Path | None, device, trust_code: bool):
+    """``(scheme, config)``: a checkpoint's θ, or a preset's initial one."""
+    from ..config import resolve
+    from ..errors import InputError
+    from ..models import build_scheme
+    from ..restore import load_model
+
+    if checkpoint is None:
+        config = resolve(preset or DEFAULT_PRESET)
+        return build_scheme(config, device), config
+    model = load_model(checkpoint, device, trust_code)
+    check_preset(preset, model.config, checkpoint)
+    if model.config.model.learn == "denoiser":
+        raise InputError("compare-grads needs a small θ; a checkpoint that learns the denoiser has ~10⁶")
+    return model.scheme, model.config
 
 
 def _gradient_table(result) -> Table:

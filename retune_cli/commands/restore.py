@@ -10,8 +10,13 @@ import typer
 from .common import (
     DEVICE_OPTION,
     SEED_MAX,
+    Accelerate,
+    Threads,
+    TrustCode,
+    check_accelerate,
     console,
     device_from,
+    set_threads,
     user_errors,
 )
 
@@ -34,30 +39,24 @@ def restore(
     ] = None,
     tol: Annotated[
         float | None,
-        typer.Option(help="Restart until ‖u_t − u_(t−1)‖/‖u_t‖ ≤ tol (u: the scheme's iterate; at most --T or 1000)."),
+        typer.Option(help="Restart until ‖u_t − u_(t−1)‖/‖u_t‖ ≤ tol (u: the scheme's iterate; ≤ --T or 1000)."),
     ] = None,
-    simulate: Annotated[
-        bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics first.")
-    ] = False,
+    simulate: Annotated[bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics.")] = False,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed for --simulate.")] = 0,
-    save_observation: Annotated[
-        Path | None, typer.Option(help="Also write the degraded image (same suffix rules).")
-    ] = None,
+    save_observation: Annotated[Path | None, typer.Option(help="Also write the degraded image (same rules).")] = None,
     mask: Annotated[
         Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same size.")
     ] = None,
     kernel: Annotated[
         Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
     ] = None,
-    normalize_kernel: Annotated[
-        bool, typer.Option(help="Divide the --kernel by its sum (per channel) rather than refuse one not summing to 1.")
-    ] = False,
-    scale: Annotated[
-        int | None,
-        typer.Option(help="Super-resolution: the factor the checkpoint upsamples by (checked), e.g. --scale 4."),
-    ] = None,
+    normalize_kernel: Annotated[bool, typer.Option(help="Divide --kernel by its sums, not refuse it.")] = False,
+    scale: Annotated[int | None, typer.Option(help="Super-resolution: the model's factor (checked).")] = None,
     bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
     device: Annotated[str, DEVICE_OPTION] = "auto",
+    accelerate: Accelerate = None,
+    trust_code: TrustCode = False,
+    threads: Threads = None,
 ) -> None:
     """Restore one image with a checkpoint's model and physics, and report the residual reached."""
     with user_errors():
@@ -70,9 +69,12 @@ def restore(
             raise InputError("--T must be at least 1 and --tol non-negative")
         inputs = (("the checkpoint", checkpoint), ("the image", image), ("--mask", mask), ("--kernel", kernel))
         check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits, inputs)
-        model = load_model(checkpoint, device_from(device))
+        check_accelerate(accelerate)
+        set_threads(threads)
+        model = load_model(checkpoint, device_from(device), trust_code)
         operators = {"mask": mask, "kernel": kernel}
-        result = restore_file(model, image, seed if simulate else None, T, tol, operators, scale, normalize_kernel)
+        result = restore_file(model, image, seed if simulate else None, T, tol, operators, scale, normalize_kernel,
+                              accelerate)
         write_image(output, result.restored, bits)
         if save_observation is not None:
             write_image(save_observation, result.observation, bits)

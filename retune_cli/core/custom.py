@@ -56,6 +56,7 @@ class FactoryPhysics(Physics):
 
     name = "python"
     options = ("factory",)
+    runs_user_code = True
 
     def __init__(self, sigma: Sequence[float], factory: str = ""):
         super().__init__(sigma)

@@ -101,6 +101,7 @@ class Physics:
     injective: ClassVar[bool] = False  # σ_min(A) > 0, so the optimal step rule applies
     user_operator: ClassVar[UserOperator | None] = None
     needs_user_operator: ClassVar[bool] = False  # a real image cannot be restored without it
+    runs_user_code: ClassVar[bool] = False  # building it imports code named in the config
 
     def __init__(self, sigma: Sequence[float]):
         self.noise = ChannelGaussianNoise(sigma)

@@ -31,7 +31,7 @@ class Downsample(Physics):
             raise ValueError("the super-resolution factor must be at least 2")
         if filter not in FILTERS:
             raise ValueError(f"the anti-aliasing filter must be one of {', '.join(FILTERS)}, not {filter!r}")
-        from deepinv.physics.blur import bicubic_filter, gaussian_blur
+        from deepinv.physics.functional.blur import bicubic_filter, gaussian_blur
 
         self.factor, self.filter = factor, filter
         kernel = bicubic_filter(factor) if filter == "bicubic" else gaussian_blur(sigma=(factor, factor))
