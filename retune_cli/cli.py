@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .commands import evaluate, gradients, restore, train
+from .commands import evaluate, gradients, restore, show, train
 from .commands.common import console, print_error
 
 # click's UsageError (typer vendors click in recent versions): found through typer's public BadParameter.
@@ -69,6 +69,7 @@ app.command(epilog=train.EPILOG)(train.train)
 app.command(epilog=restore.EPILOG)(restore.restore)
 app.command("eval", epilog=evaluate.EPILOG)(evaluate.eval_)
 app.command("compare-grads", epilog=gradients.EPILOG)(gradients.compare_grads)
+app.command(epilog=show.EPILOG)(show.show)
 
 
 def main() -> None:

@@ -71,6 +71,7 @@ class TrainConfig:
     lr: float = 0.05
     seed: int = 0
     checkpoint_every: int = 25
+    val_every: int = 25  # with --val DIR: validation PSNR every this many steps
     check_gradient_every: int = 0
     clip_grad_norm: float = 0.0  # 0: no clipping
     init: str | None = None  # checkpoint whose θ (and denoiser weights) start the run
@@ -205,7 +206,7 @@ def _validate_train(config: Config) -> None:
     _choice(t.gradient, GRADIENT_MODES, "train.gradient")
     _choice(t.adjoint_solver, ADJOINT_SOLVERS, "train.adjoint_solver")
     _choice(t.accelerate, ACCELERATIONS, "train.accelerate")
-    for key in ("K", "T", "steps", "batch_size", "checkpoint_every", "max_restarts", "adjoint_max_iter"):
+    for key in ("K", "T", "steps", "batch_size", "checkpoint_every", "val_every", "max_restarts", "adjoint_max_iter"):
         _check(getattr(t, key) >= 1, f"train.{key} must be at least 1")
     for key in ("tol", "adjoint_tol"):
         _check(getattr(t, key) >= 0, f"train.{key} must be 0 or positive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,19 +37,43 @@ def generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """``(images, skipped)``: files with an image suffix, sorted, and the other files."""
+def list_images(folder: Path, what: str = "--data") -> tuple[list[Path], list[Path]]:
+    """``(images, skipped)``: files with an image suffix, sorted, and the other files (``what``: the
+    folder's name in messages)."""
     if not folder.is_dir():
-        raise InputError(f"--data {folder} is not a folder of images")
+        raise InputError(f"{what} {folder} is not a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        raise InputError(f"--data {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return images, [p for p in files if p not in images]
 
 
+class Images(ABC):
+    """Training images by index (``images[i]``: ``(3, H, W)``) with a name for messages."""
+
+    skipped: list[Path]  # files of a folder that are not images
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, i: int) -> torch.Tensor: ...
+
+    @abstractmethod
+    def name(self, i: int) -> str: ...
+
+    def check_min_size(self, side: int) -> None:
+        """Refuse, naming it, any image with a side shorter than ``side`` (e.g. the crop)."""
+        for i in range(len(self)):
+            h, w = self[i].shape[-2:]
+            if min(h, w) < side:
+                raise InputError(f"{self.name(i)} is {w}×{h}, smaller than the crop {side}; "
+                                 f"use --crop {min(h, w)} or drop it")
+
+
 @dataclass
-class ImageFolder:
+class ImageFolder(Images):
     """The images of a folder, decoded on first use and kept in memory up to a byte budget."""
 
     files: list[Path]
@@ -57,11 +82,11 @@ class ImageFolder:
     _cached_bytes: int = 0
 
     @classmethod
-    def open(cls, folder: Path | None) -> ImageFolder:
-        """``folder``, or the built-in samples when it is ``None``."""
+    def open(cls, folder: Path | None, what: str = "--data") -> ImageFolder:
+        """``folder`` (named ``what`` in messages), or the built-in samples when it is ``None``."""
         if folder is None:
             return cls(list_images(sample_dir())[0])
-        return cls(*list_images(folder))
+        return cls(*list_images(folder, what))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -76,21 +101,43 @@ class ImageFolder:
             self._cached_bytes += size
         return image
 
-    def check_min_size(self, side: int) -> None:
-        """Refuse, naming the file, any image with a side shorter than ``side`` (e.g. the crop)."""
-        for i, path in enumerate(self.files):
-            h, w = self[i].shape[-2:]
-            if min(h, w) < side:
-                raise InputError(
-                    f"image {path} is {w}×{h}, smaller than the crop {side}; use --crop {min(h, w)} or drop it"
-                )
+    def name(self, i: int) -> str:
+        return f"image {self.files[i]}"
+
+
+class TensorImages(Images):
+    """Training images held in memory: a tensor ``(N, C, H, W)``, a sequence of ``(C, H, W)`` tensors,
+    or any torch ``Dataset`` whose items are such a tensor (or a tuple starting with one), values in
+    [0, 1]; one channel is repeated to RGB."""
+
+    def __init__(self, source) -> None:
+        self.skipped = []
+        if not hasattr(source, "__getitem__") or not hasattr(source, "__len__") or len(source) == 0:
+            raise InputError("the training data must be a non-empty tensor, sequence or sized Dataset of images")
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def name(self, i: int) -> str:
+        return f"dataset item {i}"
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.source[i]
+        item = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(item, torch.Tensor) or item.dim() != 3 or item.shape[0] not in (1, 3):
+            kind = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+            raise InputError(f"{self.name(i)} is {kind}, not an image tensor (C, H, W) with C = 1 or 3")
+        if not item.is_floating_point() or not torch.all(torch.isfinite(item)):
+            raise InputError(f"{self.name(i)}: an image is a finite floating-point tensor with values in [0, 1]")
+        return item.detach().to("cpu", torch.float32).expand(3, -1, -1)
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return math.ceil(n_images / batch_size)
 
 
-def training_batch(images: ImageFolder, step: int, batch_size: int, crop: int, seed: int) -> torch.Tensor:
+def training_batch(images: Images, step: int, batch_size: int, crop: int, seed: int) -> torch.Tensor:
     """Batch ``(B, 3, crop, crop)`` of step ``step``: images in a per-epoch shuffled order, random crops."""
     n = len(images)
     epoch, position = divmod(step, steps_per_epoch(n, batch_size))

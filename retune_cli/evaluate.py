@@ -69,6 +69,29 @@ class EvalResult:
         atomic_write(path, write)
 
 
+SIDE_BY_SIDE = "side-by-side"
+CLEAN = "clean"
+
+
+def saved_images(save_dir: Path, data: Path | None, labels: list[str]) -> dict[str, dict[str, Path]]:
+    """``eval --save-dir``'s files per image name: ``<stem>.<label>.png`` for each checkpoint and
+    ``<stem>.side-by-side.png`` (observation | each checkpoint | clean)."""
+    images = ImageFolder.open(data)
+    return {p.name: {c: save_dir / f"{p.stem}.{c}.png" for c in (*labels, SIDE_BY_SIDE)} for p in images.files}
+
+
+def _save(files: dict[str, Path], outputs: dict[str, torch.Tensor], clean: torch.Tensor, row: dict) -> None:
+    """Write the restored images and the side-by-side figure of one image."""
+    from .images import write_image
+    from .plots import plot_side_by_side
+
+    panels = {c: (x[0], f"PSNR {row['psnr'][c]:.2f} dB · SSIM {row['ssim'][c]:.3f}") for c, x in outputs.items()}
+    for label, path in files.items():
+        if label != SIDE_BY_SIDE:
+            write_image(path, outputs[label][0])
+    plot_side_by_side(files[SIDE_BY_SIDE], panels | {CLEAN: (clean[0], "reference")})
+
+
 def ssim(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """SSIM with its Gaussian window (σ = 1.5, 11×11), narrowed to fit images with a side under 6 pixels."""
     from deepinv.loss.metric import SSIM
@@ -93,11 +116,15 @@ def evaluate(
     T: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    on_image: Callable[[int, int, str], None] | None = None,
+    on_restore: Callable[[int, int, str], None] | None = None,
     trust_code: bool = False,
     accelerate: str | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    save: dict[str, dict[str, Path]] | None = None,
 ) -> EvalResult:
-    """PSNR/SSIM of every checkpoint (and of the observation) on every image of ``data``."""
+    """PSNR/SSIM of every checkpoint (and of the observation) on every image of ``data``;
+    ``on_restore(done, images × checkpoints, what)`` after each restoration, ``on_row(row)`` after
+    each image; ``save``: :func:`saved_images`' files, written as each image is done."""
     from deepinv.loss.metric import PSNR
 
     if not checkpoints:
@@ -109,16 +136,23 @@ def evaluate(
     images = ImageFolder.open(data)
     scores = {"psnr": PSNR(max_pixel=1.0), "ssim": ssim}
     rows = []
+    total = len(images) * len(models)
+    report = on_restore or (lambda done, total, what: None)
     for i, path in enumerate(images.files):
-        if on_image:
-            on_image(i, len(images), path.name)
         clean = physics.fit_image(images[i].unsqueeze(0).to(device))
         check_fits(models[0], clean.shape, path)
         with torch.no_grad():
             observed = physics.simulate(clean, derive_seed(seed, "eval", path.name))
-        baseline = {OBSERVATION: physics.baseline(observed)}
-        outputs = baseline | {label: run(m, observed, T, accelerate=accelerate).x for label, m in zip(labels, models)}
+        outputs = {OBSERVATION: physics.baseline(observed)}
+        for j, (label, m) in enumerate(zip(labels, models)):
+            report(i * len(models) + j, total, f"{path.name} · {label}")
+            outputs[label] = run(m, observed, T, accelerate=accelerate).x
         rows.append(
             {"image": path.name} | {k: {c: float(f(x, clean)) for c, x in outputs.items()} for k, f in scores.items()}
         )
+        if save is not None:
+            _save(save[path.name], outputs, clean, rows[-1])
+        report((i + 1) * len(models), total, path.name)
+        if on_row:
+            on_row(rows[-1])
     return EvalResult(labels, rows)

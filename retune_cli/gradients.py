@@ -122,8 +122,8 @@ def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtyp
 class _Rows:
     """Rows of the table, each judged against the DEQ and finite-difference gradients."""
 
-    def __init__(self, result: Comparison, g_deq: torch.Tensor, fd: torch.Tensor):
-        self.result, self.g_deq, self.fd = result, g_deq, fd
+    def __init__(self, result: Comparison, g_deq: torch.Tensor, fd: torch.Tensor, on_row: Callable[[dict], None]):
+        self.result, self.g_deq, self.fd, self.on_row = result, g_deq, fd, on_row
 
     def add(self, method: str, K, T, g: torch.Tensor, seconds: float, peak: int, bound=None, **extra) -> None:
         g_deq, fd = self.g_deq, self.fd
@@ -134,6 +134,7 @@ class _Rows:
             "cosine_deq": float(torch.nn.functional.cosine_similarity(g, g_deq, dim=0)),
             "bound": bound, "seconds": seconds, "peak_bytes": peak, **extra,
         })
+        self.on_row(self.result.rows[-1])
 
 
 def _bounds(p: Problem, K: int, result: Comparison) -> float | None:
@@ -185,12 +186,13 @@ def compare_gradients(
     dtype: torch.dtype = torch.float64,
     solver: str = "gmres",
     tol: float = 1e-12,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
     source: str = "θ",
     accelerate: bool = False,
 ) -> Comparison:
     """Table of every gradient mode and finite differences (see module doc); ``source`` names where θ
-    comes from (a checkpoint, a preset) in messages; ``accelerate`` adds ``retune-anderson`` rows."""
+    comes from (a checkpoint, a preset) in messages; ``accelerate`` adds ``retune-anderson`` rows;
+    ``on_progress(stage, rows done, rows in all)`` as it goes."""
     if min(Ks) < 1 or min(Ts) < 1:
         raise InputError("--K and --T values must be at least 1")
     if solver not in ADJOINT_SOLVERS:
@@ -200,10 +202,16 @@ def compare_gradients(
     iterations = max(Ks) * max(Ts)  # the largest unrolled row keeps every iterate of a crop² image
     check_cost(f"--K {max(Ks)} × --T {max(Ts)} on a --crop {crop} image", iterations, iterations * 3 * crop**2,
                dtype.itemsize)
-    say = on_progress or (lambda _: None)
-    say("fixed point")
+    equilibrium = sum(mode.equilibrium for mode in GRADIENT_MODES.values())
+    total = 1 + len(Ks) * equilibrium + len(Ks) * len(Ts) * (len(GRADIENT_MODES) - equilibrium + accelerate)
+    report = on_progress or (lambda what, done, total: None)
+    report("fixed point", 0, total)
     p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source)
     result = Comparison(_theta_names(p.scheme))
+
+    def say(what: str) -> None:
+        report(what, len(result.rows), total)
+
     options = {"tol": 1e-14 if dtype == torch.float64 else 1e-7, "max_restarts": 100000,
                "adjoint_solver": solver, "adjoint_tol": tol, "adjoint_max_iter": 1000}
     say("DEQ")
@@ -216,7 +224,7 @@ def compare_gradients(
     fd = implicit.finite_difference_gradient(p.scheme, p.obs, max(Ks), p.loss).to(g_deq)
     fd_seconds = time.perf_counter() - start
     result.gradients = {"deq": g_deq.tolist(), "fd": fd.tolist()}
-    rows = _Rows(result, g_deq, fd)
+    rows = _Rows(result, g_deq, fd, lambda r: say(f"{r['method']} K={r['K'] or '–'} T={r['T'] or '–'}"))
     rows.add("deq", min(Ks), None, g_deq, seconds, saved)
     rows.add("fd", None, None, fd, fd_seconds, 0)
     for K in Ks:

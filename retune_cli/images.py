@@ -5,7 +5,7 @@ Read: anything Pillow opens (PNG, JPEG, TIFF, BMP, WebP…); 16-bit PNG and TIFF
 Grayscale and palette images are converted to RGB, an alpha channel is dropped, CMYK is converted to
 RGB. Every read goes through :func:`~.files.reading` (a regular file; any decoder failure names it);
 images with non-finite values are refused. Write, by suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16
-bits (clipped to [0, 1]), ``.npy`` float32 ``H×W×C`` not clipped.
+bits (clipped to [0, 1]), ``.jpg``/``.jpeg`` in 8 bits (JPEG quality 1–100), ``.npy`` float32 ``H×W×C`` not clipped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from .errors import InputError
 from .files import atomic_write, check_outputs, reading
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-WRITE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+WRITE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
+JPEG = (".jpg", ".jpeg")
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:
@@ -131,9 +132,11 @@ def read_image(path: Path | str, what: str = "image") -> torch.Tensor:
 
 def _check_format(path: Path, bits: int, what: str) -> None:
     if path.suffix.lower() not in WRITE_SUFFIXES:
-        raise InputError(f"{what} {path}: use a .png, .tif, .tiff or .npy file name")
+        raise InputError(f"{what} {path}: use a .png, .tif, .tiff, .jpg or .npy file name")
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, not {bits}")
+    if bits == 16 and path.suffix.lower() in JPEG:
+        raise InputError(f"{what} {path}: a JPEG holds 8 bits; use .png or .tif for --bits 16")
 
 
 def check_image_outputs(outputs: Iterable[tuple[str, Path | None]], bits: int,
@@ -147,16 +150,17 @@ def check_image_outputs(outputs: Iterable[tuple[str, Path | None]], bits: int,
     check_outputs(outputs, inputs)
 
 
-def write_image(path: Path | str, x: torch.Tensor, bits: int = 8) -> None:
-    """Write ``x (3, H, W)`` atomically; the format follows the suffix (see the module docstring)."""
+def write_image(path: Path | str, x: torch.Tensor, bits: int = 8, quality: int = 95) -> None:
+    """Write ``x (3, H, W)`` atomically; the format follows the suffix (see the module docstring);
+    ``quality`` (1–100) for JPEG."""
     path = Path(path)
     suffix = path.suffix.lower()
     _check_format(path, bits, "cannot write")
     array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0))
-    atomic_write(path, lambda tmp: _write(tmp, suffix, array, bits))
+    atomic_write(path, lambda tmp: _write(tmp, suffix, array, bits, quality))
 
 
-def _write(tmp: str, suffix: str, array: np.ndarray, bits: int) -> None:
+def _write(tmp: str, suffix: str, array: np.ndarray, bits: int, quality: int = 95) -> None:
     """``array`` (H×W×3 float32) into the file ``tmp`` in the format of ``suffix``."""
     if suffix == ".npy":
         with open(tmp, "wb") as f:
@@ -177,4 +181,5 @@ def _write(tmp: str, suffix: str, array: np.ndarray, bits: int) -> None:
     else:
         from PIL import Image
 
-        Image.fromarray(quantized).save(tmp, format="PNG")
+        jpeg = suffix in JPEG
+        Image.fromarray(quantized).save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": quality} if jpeg else {}))

@@ -28,6 +28,34 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
+SMOOTH = 25  # steps of the moving average drawn over raw PSNR dots (the paper's Fig. 1–3 style)
+
+
+def moving_average(y: Sequence[float], window: int = SMOOTH, at: Sequence[float] | None = None) -> list[float]:
+    """Trailing mean over ``window`` steps: ``ȳ_i = mean{y_k : at_i − window < at_k ≤ at_i}`` (``at``:
+    the steps of the values, default 0, 1, 2, …; sparse values such as validation PSNR average fewer)."""
+    at = list(range(len(y))) if at is None else list(at)
+    sums, out, start = [0.0], [], 0
+    for i, v in enumerate(y):
+        sums.append(sums[-1] + v)
+        while at[start] <= at[i] - window:
+            start += 1
+        out.append((sums[i + 1] - sums[start]) / (i + 1 - start))
+    return out
+
+
+def _psnr_series(ax, x: Sequence[float], y: Sequence[float], label: str, color: str,
+                 steps: Sequence[float] | None = None) -> None:
+    """Raw values as faint dots, their :data:`SMOOTH`-step moving average as a line (``steps``: the
+    step of each value when ``x`` is not the step, e.g. seconds); integer ticks on a step axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(x, y, ".", color=color, alpha=0.3, markersize=3)
+    ax.plot(x, moving_average(y, at=x if steps is None else steps), color=color, label=label, linewidth=1.5)
+    if steps is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(
     path: Path,
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
@@ -37,8 +65,8 @@ def plot_curves(
 ) -> None:
     """One line per labelled ``(x, y)`` series, written atomically as an image (suffix gives the format)."""
     fig, ax = _figure()
-    for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label, linewidth=1.5)
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        _psnr_series(ax, x, y, label, f"C{i}", None if xlabel == "step" else list(range(len(y))))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -55,13 +83,58 @@ def plot_curve_panels(path: Path, runs: Mapping[str, Mapping[str, Sequence[float
     wall-clock seconds (right), one line per run in both panels."""
     fig, axes = _figure(2)
     for ax, x in zip(axes[0], ("step", "seconds")):
-        for label, series in runs.items():
-            ax.plot(series[x], series["psnr"], label=label, linewidth=1.5)
+        for i, (label, series) in enumerate(runs.items()):
+            _psnr_series(ax, series[x], series["psnr"], label, f"C{i}", None if x == "step" else series["step"])
         ax.set_xlabel("step" if x == "step" else "wall-clock seconds")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes[0][0].legend()
+    _save(fig, path)
+
+
+def plot_theta(path: Path, theta, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+               channels: Sequence[str]) -> None:
+    """``retune show --plot``: θ ``(scales, 3 bands, C)`` as one heat map per channel (scale × band,
+    values printed), then the PSNR curves (label → ``(steps, psnr)``) when there are any."""
+    import numpy as np
+
+    n = theta.shape[-1]
+    fig, axes = _figure(n + bool(curves))
+    axes = [axes] if n + bool(curves) == 1 else axes[0]
+    low, top = float(theta.min()), float(theta.max())
+    for c in range(n):
+        ax = axes[c]
+        image = ax.imshow(theta[:, :, c].numpy(), cmap="viridis", vmin=low, vmax=top, aspect="auto")
+        for (j, b), v in np.ndenumerate(theta[:, :, c].numpy()):
+            ax.text(b, j, f"{v:.3g}", ha="center", va="center", color="w" if v < (low + top) / 2 else "k", fontsize=8)
+        ax.set_xticks(range(3), ["H", "V", "D"])
+        ax.set_yticks(range(theta.shape[0]), [str(j + 1) for j in range(theta.shape[0])])
+        ax.set_ylabel("scale j (1 = finest)")
+        ax.set_title(f"θ, channel {channels[c]}" if n > 1 else "θ (all channels)")
+        fig.colorbar(image, ax=ax)
+    if curves:
+        ax = axes[n]
+        for i, (label, (x, y)) in enumerate(curves.items()):
+            _psnr_series(ax, x, y, label, f"C{i}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_side_by_side(path: Path, panels: Mapping[str, tuple[object, str]]) -> None:
+    """Images side by side (title → ``(image (3, H, W) in [0, 1], caption)``), e.g. observation | each
+    checkpoint | clean, the caption under each (PSNR/SSIM)."""
+    fig, axes = _figure(len(panels))
+    axes = [axes] if len(panels) == 1 else axes[0]
+    for ax, (title, (image, caption)) in zip(axes, panels.items()):
+        ax.imshow(image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+        ax.set_title(title)
+        ax.set_xlabel(caption)
+        ax.set_xticks([])
+        ax.set_yticks([])
     _save(fig, path)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
+from .config import TrainConfig
 from .core.hypergrad import GRADIENT_MODES, Solution, restore
 from .core.physics import Observation, Params, UserOperator
 from .errors import InputError
@@ -43,12 +45,11 @@ def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code:
     return Model(checkpoint, scheme)
 
 
-def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int, float]:
+def restart_budget(t: TrainConfig, T: int | None = None, tol: float | None = None) -> tuple[int, float]:
     """``(max restarts, tolerance)``: ``T`` restarts, or up to ``T`` (default 1000) restarts until the
     relative residual is ≤ ``tol``. With neither, what training did: the checkpoint's T, or for a
     checkpoint trained at the fixed point (jfb, deq) restarts to its ``train.tol`` (at most its
     ``train.max_restarts``)."""
-    t = model.config.train
     if tol is None and T is None and GRADIENT_MODES[t.gradient].equilibrium:
         return t.max_restarts, t.tol
     if tol is None:
@@ -57,16 +58,18 @@ def restart_budget(model: Model, T: int | None, tol: float | None) -> tuple[int,
 
 
 def run(model: Model, obs: Observation, T: int | None = None, tol: float | None = None,
-        accelerate: str | None = None) -> Solution:
+        accelerate: str | None = None, on_restart: Callable[[int, int], None] | None = None) -> Solution:
     """Restore an observed batch ``(N, 3, H, W)`` with the model's K and the restart budget, the
-    restarts accelerated as ``accelerate`` says (default: as the model trained); a θ that leaves the
-    scheme no valid step, or gives non-finite values, is refused naming the checkpoint."""
-    max_restarts, tolerance = restart_budget(model, T, tol)
+    restarts accelerated as ``accelerate`` says (default: as the model trained), ``on_restart(t, max)``
+    after each; a θ that leaves the scheme no valid step, or gives non-finite values, is refused
+    naming the checkpoint."""
+    max_restarts, tolerance = restart_budget(model.config.train, T, tol)
     K, source = model.config.train.K, model.checkpoint.path
     check_cost(f"--T {max_restarts} with the K = {K} of {source}: K × T", K * max_restarts)
     try:
+        report = None if on_restart is None else (lambda t: on_restart(t, max_restarts))
         solution = restore(model.scheme, obs, K, max_restarts, tolerance,
-                           accelerate=accelerate or model.config.train.accelerate)
+                           accelerate=accelerate or model.config.train.accelerate, on_restart=report)
     except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
         raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
     if not torch.all(torch.isfinite(solution.x)):
@@ -80,8 +83,10 @@ class RestoreResult:
     observation: torch.Tensor  # (3, H, W): the input, or the simulated degradation
     restarts: int
     residual: float
-    psnr: float | None  # against the clean input, with --simulate
+    psnr: float | None  # against the clean input (--simulate) or the --reference image
     psnr_observation: float | None
+    ssim: float | None = None
+    ssim_observation: float | None = None
 
 
 def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
@@ -181,20 +186,78 @@ def restore_file(
     scale: int | None = None,
     normalize_kernel: bool = False,
     accelerate: str | None = None,
+    on_restart: Callable[[int, int], None] | None = None,
+    reference: Path | None = None,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
     given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
-    observation is restored at the physics' image size (``scale`` times larger for super-resolution)."""
-    from deepinv.loss.metric import PSNR
-
+    observation is restored at the physics' image size (``scale`` times larger for super-resolution).
+    ``reference``: a real clean image of the restored size, scored against (PSNR, SSIM)."""
     check_scale(model, scale, image)
+    if reference is not None and simulate_seed is not None:
+        raise InputError("--reference scores against a real clean image; --simulate has its own: give one of them")
     x = read_image(image).unsqueeze(0).to(model.device)
     params = user_operator(model, x.shape, operators or {}, normalize_kernel)
     clean, obs = _observe(model, x, image, simulate_seed, params)
-    result = run(model, obs, T, tol, accelerate)
-    psnr = psnr_obs = None
-    if clean is not None:
-        metric = PSNR(max_pixel=1.0)
-        baseline = model.scheme.physics.baseline(obs)
-        psnr, psnr_obs = float(metric(result.x, clean)), float(metric(baseline, clean))
-    return RestoreResult(result.x[0], obs.y[0], result.restarts, result.residual, psnr, psnr_obs)
+    if reference is not None:
+        clean = read_image(reference, "--reference").unsqueeze(0).to(model.device)
+        want = (*x.shape[:-2], *model.scheme.physics.image_size(x))
+        if clean.shape != want:
+            raise InputError(f"--reference {reference} is {clean.shape[-1]}×{clean.shape[-2]}; the restored image "
+                             f"is {want[-1]}×{want[-2]}")
+    result = run(model, obs, T, tol, accelerate, on_restart)
+    scores = _scores(result.x, model.scheme.physics.baseline(obs), clean) if clean is not None else (None, None)
+    return RestoreResult(result.x[0], obs.y[0], result.restarts, result.residual, *scores)
+
+
+def _scores(x: torch.Tensor, baseline: torch.Tensor, clean: torch.Tensor) -> tuple[float, float, float, float]:
+    """PSNR (peak 1) and SSIM of the restored image and of the observation's baseline against ``clean``."""
+    from deepinv.loss.metric import PSNR
+
+    from .evaluate import ssim
+
+    psnr = PSNR(max_pixel=1.0)
+    return float(psnr(x, clean)), float(psnr(baseline, clean)), float(ssim(x, clean)), float(ssim(baseline, clean))
+
+
+@dataclass(frozen=True)
+class FolderJob:
+    """A folder restore: ``(image, output)`` pairs and the non-image files skipped."""
+
+    pairs: list[tuple[Path, Path]]
+    skipped: list[Path]
+
+
+def folder_job(folder: Path, out: Path | None, force: bool, suffix: str = ".png") -> FolderJob:
+    """Every image of ``folder`` → ``out/<stem>.restored<suffix>`` (the single-image name, in ``out``);
+    refused before any work: no ``out``, two images of one stem, or outputs that exist (without
+    ``force``)."""
+    from .data import list_images
+
+    if out is None:
+        raise InputError(f"{folder} is a folder: give -o OUTDIR for its restored images")
+    images, skipped = list_images(folder, "the image folder")
+    pairs = [(image, out / f"{image.stem}.restored{suffix}") for image in images]
+    stems = [image.stem for image in images]
+    twins = sorted({s for s in stems if stems.count(s) > 1})
+    if twins:
+        raise InputError(f"{folder}: several images are named {twins[0]} (different suffixes); their outputs "
+                         "would collide; restore them separately")
+    existing = [o for _, o in pairs if o.exists()]
+    if existing and not force:
+        raise InputError(f"-o {out}: {len(existing)} of the outputs exist already (first {existing[0].name}); "
+                         "--force overwrites them")
+    return FolderJob(pairs, skipped)
+
+
+def restore_folder(model: Model, job: FolderJob, write: Callable[[Path, RestoreResult], None],
+                   on_image: Callable[[int, int, str], None] | None = None, **options) -> list[RestoreResult]:
+    """Restore each image of ``job`` (``options`` as :func:`restore_file`'s), handing each result to
+    ``write(output, result)``; ``on_image(done, total, name)`` before each."""
+    results = []
+    for i, (image, output) in enumerate(job.pairs):
+        if on_image:
+            on_image(i, len(job.pairs), image.name)
+        results.append(restore_file(model, image, **options))
+        write(output, results[-1])
+    return results

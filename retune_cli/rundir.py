@@ -21,10 +21,12 @@ CHECKPOINT = "theta.safetensors"
 CONFIG = "config.yaml"
 LOG = "log.csv"
 PLOT = "psnr.png"
-RUN_FILES = (CHECKPOINT, CONFIG, LOG, PLOT)
+BEST = "best.safetensors"  # with --val: the checkpoint of the best validation PSNR
+RUN_FILES = (CHECKPOINT, CONFIG, LOG, PLOT, BEST)
 LOCK = ".retune.lock"
 STALE = re.compile(rf"^\.({'|'.join(re.escape(n) for n in RUN_FILES)})\..+\.tmp$")  # atomic_write's, after a kill
-LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err")
+LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err",
+              "val_psnr")
 
 
 def folder_name(text: str) -> str:
@@ -62,6 +64,10 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
 
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
     def holds_run(self) -> bool:
         return self.checkpoint.exists() or (self.path / LOG).exists()
 
@@ -97,8 +103,8 @@ class RunDir:
             raise
         for stale in (p for p in out.iterdir() if STALE.match(p.name)):
             stale.unlink()
-        if force and not in_place and self.checkpoint.exists():
-            self.checkpoint.unlink()
+        for old in (self.checkpoint, self.best) if force and not in_place else ():
+            old.unlink(missing_ok=True)
 
     def _claim(self, overwrite: bool) -> None:
         found = [name for name in RUN_FILES if (self.path / name).exists()] if self.path.is_dir() else []
@@ -186,8 +192,15 @@ class RunDir:
     def plot(self, label: str, rows: list[dict]) -> None:
         from .plots import plot_curves
 
-        steps = [int(r["step"]) for r in rows]
-        plot_curves(self.path / PLOT, {label: (steps, [float(r["psnr"]) for r in rows])}, title=label)
+        curves = {}
+        for key, name in (("psnr", "train"), ("val_psnr", "validation")):
+            kept = [r for r in rows if r.get(key) not in (None, "")]
+            if kept:
+                curves[name] = ([int(r["step"]) for r in kept], [float(r[key]) for r in kept])
+        if len(curves) > 1:
+            plot_curves(self.path / PLOT, curves, ylabel="PSNR (dB)", title=label)
+        else:
+            plot_curves(self.path / PLOT, {label: curves["train"]}, title=label)
 
 
 def plot_runs(path: Path, runs: dict[str, Path]) -> None:

@@ -8,6 +8,7 @@ Progress is reported through a callback; nothing here prints. :func:`train_step`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,12 +20,14 @@ import torch
 from . import checkpoint as ckpt
 from .config import Config
 from .core.hypergrad import Solution, SolveOptions, solve
+from .core.implicit import gradient_check
 from .core.physics import Observation
-from .data import ImageFolder, derive_seed, steps_per_epoch, training_batch
+from .data import ImageFolder, Images, derive_seed, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
-from .models import build_scheme, solve_options, trainable
+from .models import build_scheme, physics_from, solve_options, trainable
 from .rundir import LOG_FIELDS, RunDir
+from .validation import Validation
 
 
 class TrainingDiverged(Exception):
@@ -43,6 +46,7 @@ class StepReport:
     residual: float = float("nan")  # relative residual of its last restart
     grad_cosine: float | None = None  # cos(g, g_DEQ), every check_gradient_every steps
     grad_rel_err: float | None = None  # ‖g − g_DEQ‖ / ‖g_DEQ‖
+    val_psnr: float | None = None  # with --val, every val_every steps
 
 
 @dataclass(frozen=True)
@@ -79,20 +83,6 @@ def _psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     from deepinv.loss.metric import PSNR
 
     return PSNR(max_pixel=1.0)(x, clean).mean()
-
-
-def gradient_check(scheme, obs: Observation, clean: torch.Tensor, K: int) -> dict[str, float]:
-    """Compare the gradient just computed (in ``.grad``) with the DEQ one at the same θ and batch."""
-    from .core.implicit import flat_gradient, flatten_grads, theta_parameters
-
-    params = theta_parameters(scheme)
-    ours = flatten_grads([p.grad for p in params], params).detach().clone()
-    options = SolveOptions(K, 1, tol=1e-6, max_restarts=500, adjoint_tol=1e-6, adjoint_max_iter=500)
-    deq = flat_gradient(scheme, torch.mean((solve(scheme, obs, options, "deq").x - clean) ** 2)).detach()
-    return {
-        "grad_cosine": float(torch.nn.functional.cosine_similarity(ours, deq, dim=0)),
-        "grad_rel_err": float((ours - deq).norm() / deq.norm().clamp_min(1e-30)),
-    }
 
 
 def train_step(
@@ -157,6 +147,8 @@ class _Run:
     rows: list[dict]
     psnr: float = float("nan")
     saved: int | None = None
+    validation: Validation | None = None
+    best: float = -math.inf  # the best validation PSNR so far (its checkpoint: best.safetensors)
 
     def save(self, step: int) -> None:
         if not self.group.is_main:
@@ -164,6 +156,17 @@ class _Run:
         self.state.save(self.run.checkpoint, self.config, step, self.psnr, self.data, self.group.world)
         self.saved = step
         self.run.plot(self.config.preset, self.rows)
+
+    def validate(self, report: StepReport) -> StepReport:
+        """Every ``val_every`` steps and at the last: the validation PSNR, and best.safetensors when it
+        improves."""
+        if self.validation is None or (report.step % self.config.train.val_every and report.step < report.total):
+            return report
+        psnr = self.validation.psnr(self.state.scheme)
+        if psnr > self.best:
+            self.best = psnr
+            self.state.save(self.run.best, self.config, report.step, self.psnr, self.data, self.group.world)
+        return dataclasses.replace(report, val_psnr=psnr)
 
 
 def _batch(images: ImageFolder, physics, config: Config, step: int, device, group: Group):
@@ -195,13 +198,12 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
                       s.restarts, s.residual, **outcome.check)
 
 
-def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint | None, force: bool,
-          group: Group, device, trust_code: bool) -> tuple[ImageFolder, int, ckpt.TrainState, list[dict], RunDir]:
+def _open(config: Config, out: Path, images: Images, data: Path | None, resume: ckpt.Checkpoint | None,
+          force: bool, group: Group, device, trust_code: bool) -> tuple[int, ckpt.TrainState, list[dict], RunDir]:
     """Check all a run needs — the images, its length, its starting state (``train.init``'s θ or the
     resumed checkpoint's), the resumed log — then prepare and lock the run folder: nothing is written
     or removed before everything is checked."""
     t = config.train
-    images = ImageFolder.open(data)
     images.check_min_size(t.crop)
     if t.batch_size % group.world:
         raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
@@ -218,13 +220,13 @@ def _open(config: Config, out: Path, data: Path | None, resume: ckpt.Checkpoint 
         except InputError:
             run.release()
             raise
-    return images, total, state, rows, run
+    return total, state, rows, run
 
 
 def train(
     config: Config,
     out: Path,
-    data: Path | None = None,
+    data: Path | Images | None = None,
     device: torch.device | str = "cpu",
     resume: ckpt.Checkpoint | None = None,
     force: bool = False,
@@ -233,6 +235,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     group: Group = SINGLE,
     trust_code: bool = False,
+    val: Path | None = None,
 ) -> TrainResult:
     """Train from the initial θ (or from ``resume``) for the configured number of steps.
 
@@ -241,11 +244,17 @@ def train(
     labelled with the number of Adam updates actually applied. With a distributed ``group``, each
     rank trains on its share of every batch and only rank 0 writes files; it holds the run folder's
     lock from its preparation to its end. ``trust_code``: ``train.init`` may name a physics that runs
-    code from its config.
+    code from its config. ``data``: a folder, the built-in samples (None) or in-memory :class:`Images`
+    (a checkpoint then records no folder). ``val``: a folder of clean validation images
+    (:mod:`.validation`).
     """
-    images, total, state, rows, run = _open(config, out, data, resume, force, group, device, trust_code)
+    images = data if isinstance(data, Images) else ImageFolder.open(data)
+    data = None if isinstance(data, Images) else data
+    validation = Validation.open(val, config, physics_from(config), device) if val and group.is_main else None
+    total, state, rows, run = _open(config, out, images, data, resume, force, group, device, trust_code)
     start = resume.step if resume is not None else 0
-    r = _Run(config, state, run, data, group, start, rows)
+    r = _Run(config, state, run, data, group, start, rows, validation=validation)
+    r.best = max((float(row["val_psnr"]) for row in rows if row.get("val_psnr")), default=-math.inf)
     if resume is not None:
         r.psnr, r.saved = resume.train_psnr, start
     updates_at_start = state.updates
@@ -277,6 +286,7 @@ def _loop(r: _Run, images, total: int, device, clock: float, on_step, should_sto
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at step {step + 1}") from None
         if r.group.is_main:
+            report = r.validate(report)
             r.rows.append({k: getattr(report, k) for k in LOG_FIELDS})
             r.run.append(r.rows[-1])
             if on_step:

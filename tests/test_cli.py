@@ -325,7 +325,7 @@ def _bad_inputs(trained_run: Path, image_folder: Path, tmp: Path) -> dict[str, t
         "missing data folder": (["train", "--data", tmp / "nowhere", "--out", out], "nowhere"),
         "empty data folder": (["train", "--data", empty, "--out", out], "holds no images"),
         "images smaller than crop": (["train", "--crop", "64", "--data", image_folder, "--out", out], "crop 64"),
-        "restore to jpg": (["restore", checkpoint, image, "-o", tmp / "x.jpg"], "x.jpg"),
+        "restore to gif": (["restore", checkpoint, image, "-o", tmp / "x.gif"], "x.gif"),
         "restore missing image": (["restore", checkpoint, tmp / "nope.png"], "nope.png"),
         "resume and change K": (["train", "--resume", checkpoint, "--K", "3", "--out", out], "train.K"),
     }
@@ -333,7 +333,7 @@ def _bad_inputs(trained_run: Path, image_folder: Path, tmp: Path) -> dict[str, t
 
 BAD = [
     "missing checkpoint", "text file as checkpoint", "eval missing checkpoint", "unknown preset", "K 0", "set bad",
-    "set unknown key", "missing data folder", "empty data folder", "images smaller than crop", "restore to jpg",
+    "set unknown key", "missing data folder", "empty data folder", "images smaller than crop", "restore to gif",
     "restore missing image", "resume and change K",
 ]
 

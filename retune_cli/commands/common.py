@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..yamlfiles import preset_names
+
 MAX_MESSAGE = 1000  # characters of an error line
 
 
@@ -31,7 +33,7 @@ KEY_FLAGS = {
     "train.K": "--K", "train.T": "--T", "train.steps": "--steps", "train.epochs": "--epochs",
     "train.batch_size": "--batch-size", "train.crop": "--crop", "train.lr": "--lr", "train.gradient": "--gradient",
     "train.seed": "--seed", "train.clip_grad_norm": "--clip-grad-norm", "train.init": "--init",
-    "train.check_gradient_every": "--check-gradient-every",
+    "train.check_gradient_every": "--check-gradient-every", "train.val_every": "--val-every",
 }
 
 
@@ -86,7 +88,8 @@ def graceful_stop() -> Iterator[callable]:
         if requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         requested.append(signum)
-        err_console.print("[yellow]stopping after this step (Ctrl-C again to stop now)…[/]")
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        err_console.print(f"[yellow]{what}: stopping after this step (Ctrl-C to stop now)…[/]")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -104,8 +107,8 @@ def device_from(name: str):
 
 
 PRESET_HELP = (
-    "Built-in preset (see README; default denoise-wavelet-b) or a YAML file of the same shape: "
-    "copy one from the repository's presets/ folder."
+    f"Built-in preset: {', '.join(preset_names())} (default denoise-wavelet-b); or a YAML file of the same "
+    "shape: copy one from the repository's presets/ folder."
 )
 
 
@@ -180,3 +183,20 @@ def int_list(text: str, flag: str) -> list[int]:
     if not values or min(values) < 1:
         raise InputError(f"{flag} values must be integers ≥ 1, e.g. {flag} 1,5,10")
     return values
+
+
+def progress_bar(transient: bool = True):
+    """A Rich progress bar (description, bar, done/total, elapsed, ETA) on the console; off when the
+    console is quiet or not a terminal (pipes and logs get the results only)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=transient, disable=console.quiet or not console.is_terminal)

@@ -16,6 +16,7 @@ from .common import (
     check_accelerate,
     console,
     device_from,
+    progress_bar,
     set_threads,
     user_errors,
 )
@@ -35,6 +36,9 @@ def eval_(
         Path | None, typer.Option("--json", help="Write the results as JSON (schema in the README).")
     ] = None,
     csv_: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    save_dir: Annotated[
+        Path | None, typer.Option(help="Write each restored image and a side-by-side PNG per image into DIR.")
+    ] = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     accelerate: Accelerate = None,
     trust_code: TrustCode = False,
@@ -42,19 +46,19 @@ def eval_(
 ) -> None:
     """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM."""
     with user_errors():
-        from rich.progress import Progress
-
         from ..errors import InputError
-        from ..evaluate import evaluate
+        from ..evaluate import checkpoint_labels, evaluate, saved_images
         from ..files import check_outputs
 
         if T is not None and T < 1:
             raise InputError("--T must be at least 1")
         check_accelerate(accelerate)
         set_threads(threads)
-        check_outputs((("--json", json_), ("--csv", csv_)),
-                      [("--data", data), *(("the checkpoint", path) for path in checkpoints)])
-        with Progress(console=console, transient=True) as progress:
+        inputs = [("--data", data), *(("the checkpoint", path) for path in checkpoints)]
+        save = None if save_dir is None else saved_images(save_dir, data, checkpoint_labels(checkpoints))
+        files = [("--save-dir", p) for image in (save or {}).values() for p in image.values()]
+        check_outputs((("--json", json_), ("--csv", csv_), *files), inputs)
+        with progress_bar() as progress:
             task = progress.add_task("evaluating", total=None)
             result = evaluate(
                 checkpoints,
@@ -62,9 +66,11 @@ def eval_(
                 T,
                 seed,
                 device_from(device),
-                on_image=lambda i, n, name: progress.update(task, completed=i, total=n, description=name),
+                on_restore=lambda done, n, what: progress.update(task, completed=done, total=n, description=what),
                 trust_code=trust_code,
                 accelerate=accelerate,
+                on_row=lambda row: progress.console.print(_row_line(row), highlight=False, soft_wrap=True),
+                save=save,
             )
         console.print(_eval_table(result))
         if json_:
@@ -73,7 +79,17 @@ def eval_(
             result.write_csv(csv_)
 
 
+def _row_line(row: dict) -> str:
+    """One image's scores as soon as they are ready: ``name  label PSNR/SSIM …``."""
+    return f"{row['image']}  " + "  ".join(f"{c} {row['psnr'][c]:.2f}/{row['ssim'][c]:.3f}" for c in row["psnr"])
+
+
+WIDE_TABLE = 3  # with more checkpoints, the table lists them as rows (per-image detail in --json/--csv)
+
+
 def _eval_table(result) -> Table:
+    if len(result.labels) > WIDE_TABLE:
+        return _mean_table(result)
     table = Table(title="PSNR (dB) / SSIM", show_footer=False)
     table.add_column("image")
     for column in result.columns:
@@ -83,4 +99,16 @@ def _eval_table(result) -> Table:
         table.add_row(row["image"], *cells(row))
     table.add_section()
     table.add_row("[bold]mean[/]", *[f"[bold]{c}[/]" for c in cells(result.mean())])
+    return table
+
+
+def _mean_table(result) -> Table:
+    """One row per checkpoint (and the observation): mean PSNR and SSIM over the images, labels unwrapped."""
+    mean = result.mean()
+    table = Table(title=f"mean over {len(result.rows)} images (per image: --json / --csv)")
+    table.add_column("checkpoint", no_wrap=True, overflow="fold")
+    table.add_column("PSNR (dB)", justify="right")
+    table.add_column("SSIM", justify="right")
+    for column in result.columns:
+        table.add_row(column, f"{mean['psnr'][column]:.2f}", f"{mean['ssim'][column]:.3f}")
     return table

@@ -19,6 +19,7 @@ from .common import (
     console,
     device_from,
     int_list,
+    progress_bar,
     set_threads,
     user_errors,
 )
@@ -63,10 +64,12 @@ def compare_grads(
         dev = device_from(device)
         set_threads(threads)
         scheme, config = _theta(preset, checkpoint, dev, trust_code)
-        with console.status("computing gradients…") as status:
-            result = compare_gradients(scheme, config, image, crop, seed, Ks, Ts, getattr(torch, dtype), solver, tol,
-                                       on_progress=lambda what: status.update(f"computing gradients: {what}…"),
-                                       source=str(checkpoint or f"preset {config.preset}"), accelerate=accelerate)
+        with progress_bar() as progress:
+            task = progress.add_task("gradient rows", total=None)
+            result = compare_gradients(
+                scheme, config, image, crop, seed, Ks, Ts, getattr(torch, dtype), solver, tol,
+                on_progress=lambda what, done, n: progress.update(task, completed=done, total=n, description=what),
+                source=str(checkpoint or f"preset {config.preset}"), accelerate=accelerate)
         console.print(_gradient_table(result))
         s = result.solver
         console.print(
@@ -99,7 +102,8 @@ def _theta(preset: str | None, checkpoint: Path | None, device, trust_code: bool
 
 def _gradient_table(result) -> Table:
     deq_norm = sum(v * v for v in result.gradients["deq"]) ** 0.5
-    deltas = " · ".join(f"K={d['K']}: {d['theory']:.3g} / {d['measured']:.3g}" for d in result.delta)
+    known = lambda v: "n/a" if v != v else f"{v:.3g}"  # noqa: E731  (NaN: no contraction factor is known)
+    deltas = " · ".join(f"K={d['K']}: {known(d['theory'])} / {known(d['measured'])}" for d in result.delta)
     table = Table(title="hypergradients vs DEQ and finite differences", caption=f"δ_K theory / measured: {deltas}")
     for name in ("method", "K", "T", "err DEQ", "err FD", "cos DEQ", "bound", "s", "MB"):
         table.add_column(name, justify="left" if name == "method" else "right")

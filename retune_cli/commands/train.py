@@ -23,17 +23,18 @@ GRADIENT_HELP = (
 
 # The flags that set a train.* key: name → help (their values are passed as --set train.<name>=…).
 TRAIN_FLAGS = {
-    "K": "Steps per unrolled block Φ_K (backpropagated).",
-    "T": "Restarts of Φ_K; only the last is backpropagated.",
-    "steps": "Adam steps (ignored when --epochs is given).",
+    "K": "Steps per unrolled block Φ_K (backpropagated; default: the preset's, e.g. 10).",
+    "T": "Restarts of Φ_K; only the last is backpropagated (default: the preset's, e.g. 10).",
+    "steps": "Adam steps in all, also when resuming (default: the preset's, e.g. 100; not with --epochs).",
     "epochs": "Passes over the images, in batches.",
     "batch_size": "Crops per step.",
-    "crop": "Side of the random square crops (paper: 256).",
+    "crop": "Side of the random square crops (default: the preset's; denoise-wavelet-b: 128; paper: 256).",
     "lr": "Adam learning rate (paper: 5e-2).",
     "gradient": GRADIENT_HELP,
     "seed": "Seed of crops, order and noise.",
     "clip_grad_norm": "Clip ‖∇θ‖ to this value (0: off).",
     "check_gradient_every": "Every N steps, log cos(g, g_DEQ) and the relative error to log.csv.",
+    "val_every": "With --val: validation PSNR every N steps (and at the last).",
 }
 
 
@@ -57,8 +58,15 @@ def train(
     seed: _option("seed", int) = None,
     clip_grad_norm: _option("clip_grad_norm", float) = None,
     check_gradient_every: _option("check_gradient_every", int) = None,
+    val: Annotated[
+        Path | None, typer.Option(help="Folder of clean validation images: val_psnr in log.csv, best.safetensors.")
+    ] = None,
+    val_every: _option("val_every", int) = None,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     resume: Annotated[Path | None, typer.Option(help="Continue a run from its checkpoint (θ, Adam, step).")] = None,
+    more_steps: Annotated[
+        int | None, typer.Option(min=1, help="With --resume: train this many steps beyond the checkpoint's.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override any config key, e.g. --set model.weights=bands.")
     ] = None,
@@ -75,17 +83,22 @@ def train(
     Writes theta.safetensors, config.yaml, log.csv and psnr.png into the run folder.
     """
     with user_errors():
+        from ..data import list_images
         from ..grid import plan
         from ..yamlfiles import parse_set
         from .common import device_from, set_threads
 
+        steps = _total_steps(steps, more_steps, resume, trust_code)
         values = dict(K=K, T=T, steps=steps, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       gradient=gradient, seed=seed, clip_grad_norm=clip_grad_norm,
-                      check_gradient_every=check_gradient_every, init=str(init.resolve()) if init else None)
+                      check_gradient_every=check_gradient_every, val_every=val_every,
+                      init=str(init.resolve()) if init else None)
         overrides = {f"train.{k}": v for k, v in values.items() if v is not None} | parse_set(set_ or [])
         runs = plan(preset, overrides, out, data, resume, grid, force, trust_code)
+        if val is not None:
+            list_images(val, "--val")  # before any progress is drawn
         set_threads(threads)
-        results = _train_all(runs, device_from(device), force, trust_code)
+        results = _train_all(runs, device_from(device), force, trust_code, val)
         if results:
             _report(runs, results)
 
@@ -99,7 +112,7 @@ def _progress(quiet: bool):
     return Progress(*columns, console=console, disable=quiet)
 
 
-def _train_all(runs, device, force: bool, trust_code: bool) -> list:
+def _train_all(runs, device, force: bool, trust_code: bool, val: Path | None = None) -> list:
     """Train each run of the plan (in this process group) with a progress bar; [] on ranks > 0."""
     from ..distributed import start as start_distributed
     from ..train import TrainingDiverged
@@ -122,7 +135,7 @@ def _train_all(runs, device, force: bool, trust_code: bool) -> list:
                     on_start=lambda start, total, task=task: progress.update(task, completed=start, total=total),
                     on_step=lambda r, task=task: progress.update(task, completed=r.step, loss=r.loss, psnr=r.psnr,
                                                                  tau=r.tau),
-                    should_stop=should_stop, group=group, trust_code=trust_code,
+                    should_stop=should_stop, group=group, trust_code=trust_code, val=val,
                 ))
             except TrainingDiverged as e:
                 if group.is_main:
@@ -136,10 +149,36 @@ def _report(runs, results: list) -> None:
 
     if results[0].skipped:
         err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in results[0].skipped)}")
-    for result in results:
+    for (_, cfg, _), result in zip(runs.runs, results):
         console.print(f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
                       "(also config.yaml, log.csv, psnr.png)", highlight=False)
+        _warn_if_unlearned(cfg, runs.data, result)
     if runs.grid_folder is not None:
         plot_runs(runs.grid_folder / "psnr.png", {name: folder for name, _, folder in runs.runs})
         console.print(f"grid: PSNR curves of all runs → {runs.grid_folder / 'psnr.png'}; compare them with "
                       f"retune eval {runs.grid_folder}/*/theta.safetensors", highlight=False)
+
+
+def _warn_if_unlearned(config, data, result) -> None:
+    """A run whose last train PSNR is within 1 dB of its observations' has barely moved θ: say what helps."""
+    from ..validation import NEAR_OBSERVATION_DB, observation_psnr
+
+    observed = observation_psnr(config, data, result.steps - 1)
+    if result.psnr < observed + NEAR_OBSERVATION_DB:
+        err_console.print(
+            f"[yellow]warning:[/] train PSNR {result.psnr:.2f} dB is within {NEAR_OBSERVATION_DB:g} dB of the "
+            f"observations' {observed:.2f} dB: θ has barely left its start. Usually helps: more --steps, a larger "
+            "--lr, --crop 256, or a stronger start (--set model.init_lambda=…, --init a trained run).",
+            highlight=False)
+
+
+def _total_steps(steps: int | None, more_steps: int | None, resume: Path | None, trust_code: bool) -> int | None:
+    """``--steps`` (a total), or the resumed checkpoint's step + ``--more-steps``."""
+    from .. import checkpoint as ckpt
+    from ..errors import InputError
+
+    if more_steps is None:
+        return steps
+    if resume is None or steps is not None:
+        raise InputError("--more-steps N continues a --resume run by N steps; give it with --resume, without --steps")
+    return ckpt.load(resume, trust_code).step + more_steps

@@ -17,6 +17,7 @@ Every mode returns a :class:`Solution` whose image ``x`` carries a graph such th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -86,6 +87,13 @@ def register_gradient(name: str, equilibrium: bool = False) -> Callable[[Mode], 
 
 def _restarts(scheme: Scheme, ctx, K: int) -> Callable:
     return partial(scheme.restart, ctx=ctx, K=K)
+
+
+def _reported(step: Callable, report: Callable[[], None], u):
+    """``step(u)``, then ``report()``."""
+    new = step(u)
+    report()
+    return new
 
 
 def _finish(scheme: Scheme, ctx, before, after, restarts: int, **extra) -> Solution:
@@ -166,12 +174,15 @@ def solve(scheme: Scheme, obs: Observation | torch.Tensor, options: SolveOptions
 
 @torch.no_grad()
 def restore(scheme: Scheme, obs: Observation | torch.Tensor, K: int, max_restarts: int, tol: float = 0.0,
-            start=None, accelerate: str = "none") -> Solution:
+            start=None, accelerate: str = "none", on_restart: Callable[[int], None] | None = None) -> Solution:
     """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` restarts were done
-    (``accelerate="anderson"``: Anderson-accelerated restarts)."""
+    (``accelerate="anderson"``: Anderson-accelerated restarts); ``on_restart(t)`` after restart t."""
     if K < 1 or max_restarts < 1:
         raise ValueError("K and the number of restarts must be at least 1")
     ctx = scheme.prepare(as_observation(obs))
-    u, stats = fixed_point(_restarts(scheme, ctx, K), scheme.init(ctx) if start is None else start, tol,
-                           max_restarts, accelerate)
+    step = _restarts(scheme, ctx, K)
+    if on_restart is not None:
+        done = itertools.count(1)
+        step = partial(_reported, step, lambda: on_restart(next(done)))
+    u, stats = fixed_point(step, scheme.init(ctx) if start is None else start, tol, max_restarts, accelerate)
     return Solution(scheme.output(u, ctx), stats.iterations, stats.residual)

@@ -137,3 +137,17 @@ def finite_difference_gradient(
             flat[i] = old
             out.append((values[0] - values[1]) / (2 * h))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def gradient_check(scheme, obs: Observation, clean: torch.Tensor, K: int) -> dict[str, float]:
+    """Compare the gradient just computed (in ``.grad``) with the DEQ one at the same θ and batch."""
+    from .hypergrad import SolveOptions, solve
+
+    params = theta_parameters(scheme)
+    ours = flatten_grads([p.grad for p in params], params).detach().clone()
+    options = SolveOptions(K, 1, tol=1e-6, max_restarts=500, adjoint_tol=1e-6, adjoint_max_iter=500)
+    deq = flat_gradient(scheme, torch.mean((solve(scheme, obs, options, "deq").x - clean) ** 2)).detach()
+    return {
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(ours, deq, dim=0)),
+        "grad_rel_err": float((ours - deq).norm() / deq.norm().clamp_min(1e-30)),
+    }

@@ -1,0 +1,110 @@
+"""The Python API: a checkpoint as a torch module, training from a notebook.
+
+    restorer = retune_cli.load("runs/bc/theta.safetensors")   # an nn.Module
+    x_hat = restorer(y)            # y: (3, H, W) or (N, 3, H, W) in [0, 1], any size, any device
+    model = restorer.to_deepinv()  # a deepinv Reconstructor: model(y, physics), deepinv.test(model, …)
+    restorer = retune_cli.fit("denoise-wavelet-b", images, out="runs/nb", overrides={"train.steps": 20})
+
+The same functions as the CLI: :func:`~.restore.load_model` and :func:`~.restore.run` (``retune
+restore``), :func:`~.train.train` (``retune train``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from deepinv.models import Reconstructor
+from torch import nn
+
+from .config import Config, resolve, with_overrides
+from .core.physics import Observation, Params
+from .data import Images, TensorImages
+from .restore import Model, load_model, run
+from .train import StepReport, train
+
+
+class Restorer(nn.Module):
+    """A checkpoint's restarted scheme as a module: ``x̂ = Φ_K^T(y)`` (T restarts of K steps, or
+    restarts until ``‖u_t − u_{t−1}‖/‖u_t‖ ≤ tol``), with the checkpoint's physics and θ. No gradient
+    flows through it (learn θ with :func:`fit`)."""
+
+    def __init__(self, model: Model, T: int | None = None, tol: float | None = None) -> None:
+        super().__init__()
+        self.scheme = model.scheme
+        self.checkpoint = model.checkpoint
+        self.T, self.tol = T, tol
+
+    @property
+    def config(self) -> Config:
+        return self.checkpoint.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.scheme.parameters()).device
+
+    def forward(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """Restore ``y`` ``(3, H, W)`` or ``(N, 3, H, W)`` (moved to the module's device; the result comes
+        back on ``y``'s device and dtype); ``params``: the physics' operator, e.g. ``{"mask": m}``."""
+        if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4) or y.shape[-3] != 3:
+            raise ValueError(f"expected an image tensor (3, H, W) or (N, 3, H, W), got {getattr(y, 'shape', y)}")
+        physics = self.scheme.physics
+        if not params and physics.needs_user_operator:
+            spec = physics.user_operator
+            raise ValueError(f"this checkpoint's physics is {physics.name}: pass params={{{spec.flag!r}: …}} "
+                             f"({spec.meaning})")
+        batch = y if y.dim() == 4 else y.unsqueeze(0)
+        params = {k: v.to(self.device) for k, v in (params or {}).items()}
+        obs = Observation(batch.to(self.device, torch.float32), params)
+        x = run(Model(self.checkpoint, self.scheme), obs, self.T, self.tol).x
+        return (x if y.dim() == 4 else x[0]).to(y.device, y.dtype if y.is_floating_point() else torch.float32)
+
+    def to_deepinv(self) -> DeepinvRestorer:
+        """This restorer as a deepinv ``Reconstructor`` (for ``deepinv.test`` and deepinv pipelines)."""
+        return DeepinvRestorer(self)
+
+
+class DeepinvRestorer(Reconstructor):
+    """deepinv's interface ``x̂ = model(y, physics)``. The checkpoint's own degradation is what θ was
+    learned for: ``physics`` (deepinv's) only generates ``y`` in deepinv's loops and is not read here."""
+
+    def __init__(self, restorer: Restorer) -> None:
+        super().__init__(device=restorer.device)
+        self.restorer = restorer
+
+    def forward(self, y: torch.Tensor, physics=None, **kwargs) -> torch.Tensor:
+        return self.restorer(y)
+
+
+def load(path: Path | str, device: torch.device | str = "cpu", T: int | None = None, tol: float | None = None,
+         trust_code: bool = False) -> Restorer:
+    """Load ``theta.safetensors`` as a :class:`Restorer` on ``device`` (T and tol as ``retune restore``'s)."""
+    return Restorer(load_model(path, device, trust_code), T, tol)
+
+
+def fit(
+    config: Config | str,
+    data=None,
+    out: Path | str = "runs/api",
+    overrides: dict[str, object] | None = None,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> Restorer:
+    """Train θ as ``retune train`` does and return the trained :class:`Restorer`.
+
+    ``config``: a preset name or file, or a :class:`Config`; ``overrides``: dotted keys as ``--set``
+    (``{"train.steps": 20}``); ``data``: None (the built-in samples), a folder, or images in memory —
+    a tensor ``(N, C, H, W)``, a list of ``(C, H, W)`` tensors or any torch ``Dataset`` of them (items
+    may be ``(image, …)`` tuples). The run folder ``out`` holds the checkpoint, log.csv and psnr.png.
+    """
+    if isinstance(config, str):
+        config = resolve(config, overrides)
+    elif overrides:
+        config = with_overrides(config, overrides, "overrides")
+    if data is not None and not isinstance(data, (str, Path, Images)):
+        data = TensorImages(data)
+    folder = Path(data) if isinstance(data, str) else data
+    result = train(config, Path(out), folder, device, force=force, on_step=on_step)
+    return load(result.checkpoint, device)

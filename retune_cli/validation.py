@@ -1,0 +1,72 @@
+"""Validation while training (``retune train --val DIR``): the mean PSNR of fixed observations.
+
+Each clean image of the folder is degraded once, with the noise (and mask, kernel) seeded by
+``(train.seed, "val", image name)``, so every evaluation — and every run with the same seed — sees the
+same observations. Every ``train.val_every`` steps (and at the last) they are restored with the
+current θ as ``retune restore`` does (the run's K and restart budget, no graph) and scored:
+``val_psnr = mean_i PSNR(x̂_i, x_i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .core.hypergrad import restore
+from .core.physics import Observation
+from .data import ImageFolder, derive_seed, training_batch
+from .errors import InputError
+from .models import physics_from
+from .restore import restart_budget
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Clean images and their fixed observations, on the training device."""
+
+    pairs: list[tuple[torch.Tensor, Observation]]
+    K: int
+    restarts: int
+    tol: float
+
+    @classmethod
+    def open(cls, folder: Path, config: Config, physics, device) -> Validation:
+        """Read and degrade ``folder``'s images (refused by name when the physics cannot observe one)."""
+        images = ImageFolder.open(folder, "--val")
+        pairs = []
+        for i, path in enumerate(images.files):
+            clean = physics.fit_image(images[i].unsqueeze(0).to(device))
+            try:
+                physics.check_fits(clean.shape)
+            except ValueError as e:
+                raise InputError(f"--val {path}: {e}") from None
+            with torch.no_grad():
+                pairs.append((clean, physics.simulate(clean, derive_seed(config.train.seed, "val", path.name))))
+        return cls(pairs, config.train.K, *restart_budget(config.train))
+
+    def psnr(self, scheme: torch.nn.Module) -> float:
+        """Mean PSNR (peak 1) of the restored observations with ``scheme``'s current θ."""
+        from deepinv.loss.metric import PSNR
+
+        metric = PSNR(max_pixel=1.0)
+        scores = [float(metric(restore(scheme, obs, self.K, self.restarts, self.tol).x, clean))
+                  for clean, obs in self.pairs]
+        return sum(scores) / len(scores)
+
+
+NEAR_OBSERVATION_DB = 1.0  # a run ending closer than this to the observations' PSNR has barely learned
+
+
+@torch.no_grad()
+def observation_psnr(config: Config, data: Path | None, step: int) -> float:
+    """Mean PSNR of the observations' baseline (eval's observation column) on training step ``step``'s
+    batch (0-based, the same crops and noise): what a θ that does nothing would score."""
+    from deepinv.loss.metric import PSNR
+
+    t, physics = config.train, physics_from(config)
+    batch = training_batch(ImageFolder.open(data), step, t.batch_size, t.crop, t.seed)
+    obs = physics.simulate(batch, derive_seed(t.seed, "noise", step))
+    return float(PSNR(max_pixel=1.0)(physics.baseline(obs), batch).mean())
