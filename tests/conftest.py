@@ -14,8 +14,10 @@ TINY_FLAGS = ["--crop", "32", "--batch-size", "2", "--K", "2", "--T", "2", "--de
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_torch():
-    """Seeded, and one thread: tiny tensors run faster on one, much faster on a busy machine."""
+def _deterministic_torch(monkeypatch):
+    """Seeded, and one thread (the CLI's too): tiny tensors run faster on one, much faster on a busy
+    machine."""
+    monkeypatch.setenv("RETUNE_THREADS", "1")
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

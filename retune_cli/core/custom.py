@@ -3,16 +3,20 @@ function named in the config (``physics.name: python``, ``physics.factory: "modu
 ``"path/to/file.py:function"``).
 
 The function is called with the image shape ``(C, H, W)`` and returns the operator for images of that
-shape (so an operator that depends on the size, e.g. a colour-filter array, is rebuilt per size and
-cached). ``A``, ``Aᵀ`` and ``prox_{τf}`` (``prox_l2``, used by the splitting schemes) are deepinv's;
-``‖A‖`` comes from power iteration (once per image shape); no lower bound on σ_min is assumed (0),
-so forward-backward uses τ = 1.95/L. Importing the module runs
-its code: the workflows only do so for a config the user named, never for a checkpoint's unless told to.
+shape (rebuilt and cached per size, so an operator that depends on it, e.g. a colour-filter array,
+works), mapping them to observations of the same shape (a size-changing operator is refused).
+``A``, ``Aᵀ`` and ``prox_{τf}`` (``prox_l2``, used by the splitting schemes) are deepinv's; ``‖A‖``
+comes from power iteration (once per image shape); no lower bound on σ_min is assumed (0), so
+forward-backward uses τ = 1.95/L. Importing the module runs its code: the workflows only do so for a
+config the user named, never for a checkpoint's unless told to.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -22,9 +26,6 @@ from .physics import NormBounds, Params, Physics, operator_norm, register_physic
 def _module(name: str):
     """A module by dotted name, or from a ``.py`` file path (relative to the working folder)."""
     if name.endswith(".py"):
-        import importlib.util
-        from pathlib import Path
-
         path = Path(name)
         if not path.is_file():
             raise ValueError(f"physics.factory: {name} is not a file")
@@ -71,11 +72,15 @@ class FactoryPhysics(Physics):
             op = self.factory(tuple(x.shape[-3:]))
             if not (callable(getattr(op, "A", None)) and callable(getattr(op, "A_adjoint", None))):
                 raise ValueError(f"{self.factory_name} returned {type(op).__name__}, not a deepinv LinearPhysics")
-            self._operators[key] = op.to(x.device) if hasattr(op, "to") else op
+            self._operators[key] = op.to(device=x.device, dtype=x.dtype) if hasattr(op, "to") else op
         return self._operators[key]
 
     def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        return self._op(x).A(x).to(x.dtype)
+        y = self._op(x).A(x)
+        if y.shape != x.shape:
+            raise ValueError(f"{self.factory_name} maps {tuple(x.shape[-3:])} images to {tuple(y.shape[-3:])}: "
+                             "physics python takes operators that keep the image's shape")
+        return y.to(x.dtype)
 
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         return self._op(y).A_adjoint(y).to(y.dtype)
@@ -88,5 +93,7 @@ class FactoryPhysics(Physics):
         return NormBounds(self._norms[key], 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
-        """deepinv's ``prox_l2`` (closed form for decomposable operators, conjugate gradient otherwise)."""
-        return self._op(z).prox_l2(z, y, tau).to(z.dtype)
+        """deepinv's ``prox_l2``: closed form for decomposable operators, otherwise conjugate gradient run
+        to the dtype's precision (deepinv's default stops at 1e-4)."""
+        tol = 1e-12 if z.dtype == torch.float64 else 1e-6
+        return self._op(z).prox_l2(z, y, tau, max_iter=1000, tol=tol).to(z.dtype)

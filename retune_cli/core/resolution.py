@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .physics import NormBounds, Observation, Params, Physics, operator_norm, register_physics
+from .physics import NormBounds, Observation, Params, Physics, register_physics
 
 FILTERS = ("bicubic", "gaussian")
 
@@ -37,7 +37,6 @@ class Downsample(Physics):
         kernel = bicubic_filter(factor) if filter == "bicubic" else gaussian_blur(sigma=(factor, factor))
         self.kernel = kernel.to(torch.float64)  # cast per dtype: a float32 filter limits float64 to ~1e-7
         self._operators: dict[tuple, object] = {}
-        self._norms: dict[tuple, float] = {}
 
     def _op(self, image_shape: tuple[int, int, int], like: torch.Tensor):
         """deepinv ``Downsampling`` for images of ``(C, H, W)``, per device and dtype."""
@@ -79,11 +78,14 @@ class Downsample(Physics):
         return F.interpolate(obs.y, scale_factor=self.factor, mode="bicubic", align_corners=False).clamp(0, 1)
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
-        """``‖A‖`` by power iteration, once per image shape; ``σ_min = 0``."""
-        shape = self._image_shape(like)
-        if shape not in self._norms:
-            self._norms[shape] = operator_norm(self, like.new_zeros((1, *shape)).detach())
-        return NormBounds(self._norms[shape], 0.0)
+        """``‖A‖`` exactly: ``A Aᵀ = S H Hᵀ Sᵀ`` is circulant on the low-resolution grid with symbol the
+        mean of ``|Ĥ|²`` over the ``factor²`` frequencies that alias together, so ``‖A‖²`` is its
+        largest value; ``σ_min = 0``."""
+        h, w = self.image_size(like)
+        kh, kw = self.kernel.shape[-2:]
+        power = torch.fft.fft2(F.pad(self.kernel[0, 0], (0, w - kw, 0, h - kh))).abs() ** 2
+        f = self.factor
+        return NormBounds(float(power.reshape(f, h // f, f, w // f).mean(dim=(0, 2)).max()) ** 0.5, 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
         """Closed form in Fourier for circular downsampling (deepinv ``Downsampling.prox_l2``)."""
