@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import center_crop, rel
 
 from retune_cli.config import resolve
 from retune_cli.core import implicit
@@ -22,16 +23,6 @@ from retune_cli.train import new_state, train_step
 LOG_LAMBDA = [-2.3, -2.5, -2.6, -2.4]
 LOG_LAMBDA_B = [0.1, -0.1, 0.0]
 K = 5
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
 
 
 def perturb(scheme, scale: float, seed: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numerics import center_crop, rel
 from torch import nn
 from typer.testing import CliRunner
 
@@ -35,16 +36,6 @@ ROW_KEYS = {"method", "K", "T", "gradient", "rel_err_deq", "rel_err_fd", "cosine
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env=WIDE)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
 
 
 def perturbed_scheme(preset: str, scale: float = 0.3, seed: int = 0):
