@@ -126,23 +126,26 @@ class WaveletFB(PaddedScheme):
         return Coefficients(u.approx / ctx.approx_scale, tuple(d / t for t, d in zip(ctx.theta, u.details)))
 
     def _gradient_step(self, u: Coefficients, ctx: WaveletContext) -> list[torch.Tensor]:
-        """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, band by band (approximation first)."""
+        """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, band by band (approximation first), one ``addcmul`` per
+        band; with autograd off, ``− D Aᵀ y`` is subtracted in place from the fresh analysis. The bands
+        returned have storages of their own (not views of the analysis' four-band buffers)."""
         bands = [u.approx, *u.details]
         if ctx.affine is not None:
             return [torch.addcmul(c, a, v) for a, c, v in zip(*ctx.affine, bands)]
         x = self.normal(self.transform.synthesis(self._unweight(u, ctx)), ctx.size, ctx.params)
         r = self.transform.analysis(x)
-        scales = [ctx.approx_scale, *ctx.theta]
-        return [
-            v - (ctx.tau / s) * (rv - bv)
-            for v, s, rv, bv in zip(bands, scales, [r.approx, *r.details], [ctx.b.approx, *ctx.b.details])
-        ]
+        steps = [ctx.tau / s for s in (ctx.approx_scale, *ctx.theta)]
+        pairs = zip(bands, steps, [r.approx, *r.details], [ctx.b.approx, *ctx.b.details])
+        if torch.is_grad_enabled():
+            return [torch.addcmul(v, rv - bv, step, value=-1) for v, step, rv, bv in pairs]
+        return [torch.addcmul(v, rv.sub_(bv), step, value=-1) for v, step, rv, bv in pairs]
 
     def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
-        """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation."""
+        """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation.
+        With autograd off the prox overwrites the gradient step's fresh bands."""
         approx, *details = self._gradient_step(u, ctx)
-        dims = self.theta.group_dims
-        return Coefficients(approx, tuple(group_soft_threshold(z, ctx.tau, dims) for z in details))
+        dims, inplace = self.theta.group_dims, not torch.is_grad_enabled()
+        return Coefficients(approx, tuple(group_soft_threshold(z, ctx.tau, dims, inplace) for z in details))
 
     def output(self, u: Coefficients, ctx: WaveletContext) -> torch.Tensor:
         """``x = Dᵀ θ⁻¹ u``, cropped back to the image's size."""
