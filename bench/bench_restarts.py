@@ -5,7 +5,7 @@ observation is simulated once (seeded as ``retune eval``), then restored by ``re
 ``--tol`` and ``accelerate`` none / anderson, interleaved: restarts of Φ_K, seconds, residual reached
 and PSNR. The goal: ≥ 3× fewer Φ_K applications with Anderson, PSNR equal to 0.01 dB. One thread.
 
-    python bench/bench_restarts.py CKPT… --data ../shared/data/CBSD68 [--tol 1e-4] [--quick]
+    python bench/bench_restarts.py CKPT… --data PATH/TO/CBSD68 [--tol 1e-4] [--quick]
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ coefficients ``u = θDx`` for wavelet schemes, the image for PnP).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from retune_cli.restore import load_model, run
 from retune_cli.rundir import read_log as read_rows
 from retune_cli.train import train
 
-DATA = Path("/work/shared/data/CBSD68")
+DATA = Path(os.environ.get("CBSD68", "CBSD68"))  # the 68 CBSD68 photographs: set CBSD68=FOLDER
 N_TRAIN, N_HELDOUT = 60, 8
 LOG_COLUMNS = ("step", "loss", "psnr", "tau", "seconds")
 

@@ -1,4 +1,4 @@
-"""Held-out denoising experiment (DESIGN.md §2.1, §2.3): ReTune at (K,T) = (10,1) and (10,10) on CBSD68.
+"""Held-out denoising experiment (README: presets): ReTune at (K,T) = (10,1) and (10,10) on CBSD68.
 
 Sorted by file name, the first 60 CBSD68 images are the training set and the last 8 the held-out set
 (two temporary folders of symlinks). For each preset (θ_B: ``denoise-wavelet-b``, θ_BC:
@@ -38,7 +38,7 @@ Output JSON (``bench/results/experiment_denoise.json``)::
                          "check_full_T": {"T", "psnr"} (best λ run T_EQ restarts with no tolerance)}},
      "evaluate": {"own_T": <EvalResult.to_json()>, "equilibrium": <EvalResult.to_json()>},
      "table": [{"row", "psnr", "ssim", …}] (PSNR/SSIM at equilibrium unless named *_own_T),
-     "prototype_reference": {...} (held-out PSNR of the plain-PyTorch prototype, DESIGN.md §2.1)}
+     "prototype_reference": {...} (held-out PSNR of an earlier plain-PyTorch prototype)}
 
 PSNR in dB, SSIM in [0, 1], times in seconds (one CPU thread). Shared helpers: ``experiment_common.py``;
 the table: ``denoise_tables.py``.
@@ -92,7 +92,7 @@ EVAL_SEED = 0
 COARSE = (0.02, 1.0)  # range of the coarse λ grid
 SCALAR_TOL = 1e-7  # relative residual at which a scalar-λ solve is stopped (it converges in one step)
 PROTOTYPE = {
-    "source": "DESIGN.md §2.1 (plain-PyTorch prototype, 100 steps, batch 4, crop 256)",
+    "source": "an earlier plain-PyTorch prototype (100 steps, batch 4, crop 256)",
     "psnr_K10_T10": 20.66,
     "psnr_K10_T1": 20.56,
     "psnr_best_scalar": 19.40,
@@ -249,7 +249,7 @@ def experiment(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict:
         "machine": machine_info(torch.device("cpu")), "total_seconds": None,
     }
     return {
-        "experiment": "held-out denoising, CBSD68, ReTune (K,T) = (10,1) vs (10,10), θ_B and θ_BC; DESIGN.md §2.1",
+        "experiment": "held-out denoising, CBSD68, ReTune (K,T) = (10,1) vs (10,10), θ_B and θ_BC",
         "setup": setup,
         "observation": scores(eq, OBSERVATION),
         "runs": runs,

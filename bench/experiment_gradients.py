@@ -13,7 +13,7 @@ total seconds, restarts of Φ_K per step (median), and on CUDA the peak allocate
 ``psnr.png`` of a ``--grid "gradient=…"``). The claim checked: ReTune reaches DEQ's quality at a
 fraction of DEQ's cost and memory.
 
-    python bench/experiment_gradients.py --data ../shared/data/CBSD68 [--device cuda] [--quick]
+    python bench/experiment_gradients.py --data PATH/TO/CBSD68 [--device cuda] [--quick]
 """
 
 from __future__ import annotations

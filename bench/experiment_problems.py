@@ -9,7 +9,7 @@ deblurring, with seconds per step.
 
 Training on the first 60 images (sorted), evaluation on center crops of the last 8; one CPU thread.
 
-    python bench/experiment_problems.py --data ../shared/data/CBSD68 [--quick]
+    python bench/experiment_problems.py --data PATH/TO/CBSD68 [--quick]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Held-out restoration experiments (DESIGN.md §2.2–2.3): inpainting and deblurring, wavelet prior and PnP.
+"""Held-out restoration experiments (README: presets, plug-and-play): inpainting and deblurring, wavelet prior and PnP.
 
 Data as in ``experiment_denoise.py``: CBSD68 sorted by name, the first 60 images train (random crops), the
 last 8 are the held-out set, here center-cropped to 128×128 (written as PNGs to a temporary folder) so that
@@ -101,7 +101,7 @@ class Experiment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.doc: dict = {
             "experiment": "held-out inpainting and deblurring, CBSD68 (8 images, 128×128 center crops): "
-            "wavelet θ_BC and PnP-FB with the builtin DRUNet, ReTune at (K,T) ∈ {1,10}²; DESIGN.md §2.2–2.3",
+            "wavelet θ_BC and PnP-FB with the builtin DRUNet, ReTune at (K,T) ∈ {1,10}²",
             "status": "running",
             "stages": [],
             "setup": {},

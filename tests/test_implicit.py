@@ -1,5 +1,5 @@
 """Gradients at the fixed point (DEQ, JFB, finite differences), the paper's Lemma 1 bound, compare-grads
-and train --check-gradient-every (DESIGN.md §2, §3).
+and train --check-gradient-every (README: compare-grads).
 
 The DEQ and JFB gradients are those of the registered gradient modes (``mode_gradient``), started at
 the fixed point û as compare-grads does."""

@@ -1,6 +1,6 @@
 """Inpainting and deblurring physics: adjoints, kernels, ‖A‖, masks, noise, observations and their
 sharding, the physics registry, and the wavelet forward-backward scheme's fixed point under these
-operators (DESIGN.md §2.1, §2.3)."""
+operators (README: "The method, as implemented")."""
 
 from __future__ import annotations
 
