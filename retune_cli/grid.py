@@ -48,6 +48,12 @@ def grid_configs(config: Config, grid: dict[str, list[object]]) -> list[tuple[st
     return runs
 
 
+def check_preset(preset: str | None, config: Config, source: Path) -> None:
+    """Refuse ``--preset`` naming another preset than the checkpoint's."""
+    if preset is not None and preset != config.preset:
+        raise InputError(f"--preset {preset}: {source} was trained with preset {config.preset}; drop --preset")
+
+
 @dataclass
 class TrainPlan:
     """What ``retune train`` runs: the config, the checkpoint resumed (if any), the data folder and one
@@ -72,9 +78,7 @@ def plan(preset: str | None, overrides: dict, out: Path | None, data: Path | Non
     checkpoint = None
     if resume is not None:
         checkpoint = ckpt.load(resume, trust_code)
-        if preset is not None and preset != checkpoint.config.preset:
-            raise InputError(f"--preset {preset}: {resume} was trained with preset {checkpoint.config.preset}; "
-                             "drop --preset")
+        check_preset(preset, checkpoint.config, resume)
         config = for_resume(checkpoint.config, overrides, str(resume))
         out, data = out or resume.parent, data or checkpoint.data
     else:

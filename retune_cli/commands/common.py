@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -110,14 +109,6 @@ PRESET_HELP = (
     f"Built-in preset: {', '.join(preset_names())} (default denoise-wavelet-b); or a YAML file of the same "
     "shape: copy one from the repository's presets/ folder."
 )
-
-
-def check_preset(preset: str | None, config, source: Path) -> None:
-    """Refuse ``--preset`` naming another preset than the checkpoint's."""
-    from ..errors import InputError
-
-    if preset is not None and preset != config.preset:
-        raise InputError(f"--preset {preset}: {source} was trained with preset {config.preset}; drop --preset")
 
 
 DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")

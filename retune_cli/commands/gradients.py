@@ -15,7 +15,6 @@ from .common import (
     SEED_MAX,
     Threads,
     TrustCode,
-    check_preset,
     console,
     device_from,
     int_list,
@@ -87,6 +86,7 @@ def _theta(preset: str | None, checkpoint: Path | None, device, trust_code: bool
     """``(scheme, config)``: a checkpoint's θ, or a preset's initial one."""
     from ..config import resolve
     from ..errors import InputError
+    from ..grid import check_preset
     from ..models import build_scheme
     from ..restore import load_model
 
