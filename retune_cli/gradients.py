@@ -22,7 +22,7 @@ from .config import Config
 from .core import implicit
 from .core.adjoint import ADJOINT_SOLVERS
 from .core.fixed_point import fixed_point
-from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, solve
+from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, restarts, solve
 from .core.memory import saved_tensor_bytes
 from .core.pytree import leaves, norm
 from .data import sample_dir
@@ -149,7 +149,7 @@ def _accelerated_rows(p: Problem, K: int, T: int, rows: _Rows) -> None:
     """ReTune from Anderson-accelerated restarts: the row ``retune-anderson``; its ``restart_term`` is
     ``δ_K‖û − ũ‖`` with ũ the point the recorded Φ_K starts from."""
     ctx = p.scheme.prepare(p.obs)
-    point, _ = fixed_point(lambda u: p.scheme.restart(u, ctx, K), p.u0, 0.0, T - 1, "anderson")
+    point, _ = restarts(p.scheme, ctx, p.u0, K, 0.0, T - 1, "anderson")
     distance = norm([a - b for a, b in zip(leaves(p.u_hat), leaves(point))])
     o = SolveOptions(K, T, accelerate="anderson")
     (g, _), seconds, saved = _timed(mode_gradient, p.scheme, p.obs, o, "retune", p.loss)

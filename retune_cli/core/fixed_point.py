@@ -35,17 +35,10 @@ ACCELERATIONS = ("none", "anderson")
 
 
 @torch.no_grad()
-def fixed_point(step: Callable, u0, tol: float, max_iter: int, accelerate: str = "none", memory: int = 5):
+def fixed_point(step: Callable, u0, tol: float, max_iter: int):
     """Iterate ``u ← step(u)`` from ``u0`` until the relative residual is ≤ ``tol`` or ``max_iter``
-    maps were applied (``tol = 0``: exactly ``max_iter``); returns ``(u, FixedPointStats)``.
-
-    ``accelerate="anderson"``: :func:`anderson` with ``memory`` past maps. Runs without building a
-    graph; ``u0`` is returned as it is when ``max_iter`` is 0.
-    """
-    if accelerate == "anderson":
-        return anderson(step, u0, tol, max_iter, memory)
-    if accelerate != "none":
-        raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}, not {accelerate!r}")
+    maps were applied (``tol = 0``: exactly ``max_iter``); returns ``(u, FixedPointStats)``. Runs
+    without building a graph; ``u0`` is returned as it is when ``max_iter`` is 0."""
     u, residual, done = u0, float("inf"), 0
     while done < max_iter and residual > tol:
         new = step(u)
@@ -54,39 +47,68 @@ def fixed_point(step: Callable, u0, tol: float, max_iter: int, accelerate: str =
     return u, FixedPointStats(done, residual)
 
 
+class _History:
+    """The last ``memory`` differences ``ΔF``, ``ΔG`` (rows of two ring buffers) and the Gram matrix
+    ``ΔF ΔFᵀ`` kept up to date one row at a time (float64)."""
+
+    def __init__(self, like: torch.Tensor, memory: int):
+        self.dF = like.new_empty(memory, like.numel())
+        self.dG = like.new_empty(memory, like.numel())
+        self.gram = torch.zeros(memory, memory, dtype=torch.float64, device=like.device)
+        self.clear()
+
+    def clear(self) -> None:
+        self.size = self.slot = 0
+
+    def add(self, df: torch.Tensor, dg: torch.Tensor) -> None:
+        memory = self.dF.shape[0]
+        self.dF[self.slot], self.dG[self.slot] = df, dg
+        self.size = min(self.size + 1, memory)
+        row = (self.dF[: self.size] @ self.dF[self.slot]).double()
+        self.gram[self.slot, : self.size], self.gram[: self.size, self.slot] = row, row
+        self.slot = (self.slot + 1) % memory
+
+    def correction(self, f: torch.Tensor, ridge: float) -> torch.Tensor:
+        """``ΔGᵀ γ`` with ``γ = argmin ‖f − ΔFᵀ γ‖² + ridge·tr(ΔFΔFᵀ)‖γ‖²``."""
+        n = self.size
+        gram = self.gram[:n, :n]
+        regularized = gram + ridge * gram.diagonal().sum().clamp_min(1e-300) * torch.eye(n, dtype=gram.dtype,
+                                                                                         device=gram.device)
+        gamma = torch.linalg.solve(regularized, (self.dF[:n] @ f).double()).to(f.dtype)
+        return self.dG[:n].T @ gamma
+
+
 @torch.no_grad()
-def anderson(step: Callable, u0, tol: float, max_iter: int, memory: int = 5, ridge: float = 1e-10):
-    """Anderson acceleration (type II) of ``u ← g(u)``, safeguarded.
+def anderson(step: Callable, u0, tol: float, max_iter: int, memory: int = 5, block: int = 1, scale: float = 1.0,
+             on_block: Callable[[int], None] | None = None, ridge: float = 1e-10):
+    """Anderson acceleration (type II) of ``u ← g(u)``, safeguarded, counted in blocks of ``block`` maps.
 
     Each map ``g_k = g(x_k)`` has the residual ``f_k = g_k − x_k``; the next point is
-    ``x_{k+1} = g_k − ΔG γ`` with ``γ = argmin ‖f_k − ΔF γ‖`` over the last ``memory`` differences
-    (``ΔF``, ``ΔG``: columns ``f_{i+1} − f_i``, ``g_{i+1} − g_i``; a ridge of ``ridge·‖ΔF‖²`` keeps the
-    normal equations solvable). When the residual grows, the history is dropped and the plain map is
-    taken (``x_{k+1} = g_k``). The residual reported is the engine's, ``‖g_k − x_k‖/‖g_k‖``, and the
-    iterate returned is the last map ``g_k``, as for plain restarts.
+    ``x_{k+1} = g_k − ΔGᵀγ`` with ``γ = argmin ‖f_k − ΔFᵀγ‖`` over the last ``memory`` differences
+    (``f_{i+1} − f_i``, ``g_{i+1} − g_i``; a ridge keeps the normal equations solvable). When the residual
+    grows, the history is dropped and the plain map is taken (``x_{k+1} = g_k``).
+
+    The residual is ``scale·‖f_k‖/‖g_k‖``: with ``g = φ`` one step and ``block = K``, ``scale = Σ_{i<K} ω^i``
+    makes it a bound on the restart residual ``‖Φ_K(x) − x‖`` (triangle inequality). Stops when it is ≤
+    ``tol`` or after ``max_iter`` blocks; ``on_block(b)`` after block b. Returns the last map ``g_k`` and
+    ``FixedPointStats(blocks started, residual)`` (``u0`` as it is when ``max_iter`` is 0).
     """
+    if max_iter == 0:
+        return u0, FixedPointStats(0, float("inf"))
     x, unflatten = flatten(u0)
-    g_hist: list[torch.Tensor] = []
-    f_hist: list[torch.Tensor] = []
-    g, residual, previous, done = x, float("inf"), float("inf"), 0
-    while done < max_iter and residual > tol:
+    history = _History(x, memory)
+    g, f_old, g_old = x, None, None
+    residual, previous, done = float("inf"), float("inf"), 0
+    while done < max_iter * block and residual > tol:
         g = flatten(step(unflatten(x)))[0]
         f = g - x
-        residual, done = float(f.norm() / g.norm().clamp_min(1e-300)), done + 1
+        residual, done = scale * float(f.norm() / g.norm().clamp_min(1e-300)), done + 1
         if residual > previous:  # safeguard: restart from the plain map
-            g_hist, f_hist = [], []
-        previous = residual
-        g_hist, f_hist = (g_hist + [g])[-memory - 1 :], (f_hist + [f])[-memory - 1 :]
-        x = g if len(f_hist) < 2 else g - _anderson_correction(g_hist, f_hist, f, ridge)
-    return unflatten(g), FixedPointStats(done, residual)
-
-
-def _anderson_correction(g_hist, f_hist, f, ridge: float) -> torch.Tensor:
-    """``ΔG γ`` with ``γ`` the regularized least-squares coefficients of ``f`` on ``ΔF``."""
-    dF = torch.stack([b - a for a, b in zip(f_hist, f_hist[1:])], dim=1)
-    dG = torch.stack([b - a for a, b in zip(g_hist, g_hist[1:])], dim=1)
-    gram = (dF.T @ dF).double()
-    gram += ridge * gram.diagonal().sum().clamp_min(1e-300) * torch.eye(gram.shape[0], dtype=gram.dtype,
-                                                                         device=gram.device)
-    gamma = torch.linalg.solve(gram, (dF.T @ f).double()).to(f.dtype)
-    return dG @ gamma
+            history.clear()
+        elif f_old is not None:
+            history.add(f - f_old, g - g_old)
+        previous, f_old, g_old = residual, f, g
+        x = g - history.correction(f, ridge) if history.size else g
+        if on_block is not None and done % block == 0:
+            on_block(done // block)
+    return unflatten(g), FixedPointStats(-(-done // block), residual)

@@ -4,7 +4,7 @@ Every mode returns a :class:`Solution` whose image ``x`` carries a graph such th
 ``loss(x).backward()`` yields that mode's hypergradient; modes are registered by name
 (:data:`GRADIENT_MODES`) and used alike by training, compare-grads and the benchmarks:
 
-* ``retune``: T − 1 restarts without a graph (Anderson-accelerated with ``accelerate``), then one
+* ``retune``: T − 1 restarts without a graph (or as many steps, Anderson-accelerated: :func:`restarts`), then one
   plain ``Φ_K`` with it from the point reached:
   ``g^R(θ) = ∂_x L(x_KT)ᵀ ∂_θ Φ_K(x_K(T−1), θ)`` (eq. 25); memory of K steps whatever T;
 * ``unrolled``: backpropagation through all K·T steps from ``u_0(θ)`` (T = 1: the same as retune);
@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .adjoint import ADJOINT_SOLVERS, AdjointSolve
-from .fixed_point import ACCELERATIONS, fixed_point, relative_residual
+from .fixed_point import ACCELERATIONS, FixedPointStats, anderson, fixed_point, relative_residual
 from .physics import Observation, as_observation
 from .pytree import leaves, rebuild
 from .scheme import Scheme
@@ -85,8 +85,27 @@ def register_gradient(name: str, equilibrium: bool = False) -> Callable[[Mode], 
     return decorate
 
 
-def _restarts(scheme: Scheme, ctx, K: int) -> Callable:
-    return partial(scheme.restart, ctx=ctx, K=K)
+def restarts(scheme: Scheme, ctx, u0, K: int, tol: float, max_restarts: int, accelerate: str = "none",
+             on_restart: Callable[[int], None] | None = None) -> tuple[object, FixedPointStats]:
+    """Restarts of ``Φ_K`` from ``u0`` without a graph until the restart residual is ≤ ``tol`` or
+    ``max_restarts`` were done (``tol = 0``: all of them); ``on_restart(t)`` after restart t.
+
+    ``accelerate="anderson"``: Anderson acceleration of the elementary step φ itself (extrapolating after
+    every step converges in several times fewer steps than extrapolating after every K), in blocks of K
+    steps counted as restarts; the residual is the bound ``Σ_{i<K} ω^i ‖φ(x) − x‖/‖φ(x)‖ ≥ ‖Φ_K(x) − x‖/…``
+    (``K‖φ(x) − x‖/…`` when ω is unknown or 1)."""
+    if accelerate == "anderson":
+        omega = float(torch.as_tensor(scheme.contraction(ctx)).detach())
+        scale = (1 - omega**K) / (1 - omega) if 0 <= omega < 1 else float(K)
+        return anderson(partial(scheme.step, ctx=ctx), u0, tol, max_restarts, block=K, scale=scale,
+                        on_block=on_restart)
+    if accelerate != "none":
+        raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}, not {accelerate!r}")
+    step = partial(scheme.restart, ctx=ctx, K=K)
+    if on_restart is not None:
+        done = itertools.count(1)
+        step = partial(_reported, step, lambda: on_restart(next(done)))
+    return fixed_point(step, u0, tol, max_restarts)
 
 
 def _reported(step: Callable, report: Callable[[], None], u):
@@ -103,7 +122,7 @@ def _finish(scheme: Scheme, ctx, before, after, restarts: int, **extra) -> Solut
 
 @register_gradient("retune")
 def retune(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
-    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, 0.0, o.T - 1, o.accelerate)
+    u, stats = restarts(scheme, ctx, u0, o.K, 0.0, o.T - 1, o.accelerate)
     return _finish(scheme, ctx, u, scheme.restart(u, ctx, o.K), stats.iterations + 1)
 
 
@@ -117,7 +136,7 @@ def unrolled(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
 
 def _equilibrium(scheme: Scheme, ctx, u0, o: SolveOptions):
     """û: restarts to ``tol`` (at most ``max_restarts``) without a graph, detached."""
-    u, stats = fixed_point(_restarts(scheme, ctx, o.K), u0, o.tol, o.max_restarts, o.accelerate)
+    u, stats = restarts(scheme, ctx, u0, o.K, o.tol, o.max_restarts, o.accelerate)
     return [t.detach() for t in leaves(u)], stats.iterations, u
 
 
@@ -176,13 +195,10 @@ def solve(scheme: Scheme, obs: Observation | torch.Tensor, options: SolveOptions
 def restore(scheme: Scheme, obs: Observation | torch.Tensor, K: int, max_restarts: int, tol: float = 0.0,
             start=None, accelerate: str = "none", on_restart: Callable[[int], None] | None = None) -> Solution:
     """Restart ``Φ_K`` until the relative residual is ≤ ``tol`` or ``max_restarts`` restarts were done
-    (``accelerate="anderson"``: Anderson-accelerated restarts); ``on_restart(t)`` after restart t."""
+    (see :func:`restarts` for ``accelerate`` and ``on_restart``)."""
     if K < 1 or max_restarts < 1:
         raise ValueError("K and the number of restarts must be at least 1")
     ctx = scheme.prepare(as_observation(obs))
-    step = _restarts(scheme, ctx, K)
-    if on_restart is not None:
-        done = itertools.count(1)
-        step = partial(_reported, step, lambda: on_restart(next(done)))
-    u, stats = fixed_point(step, scheme.init(ctx) if start is None else start, tol, max_restarts, accelerate)
+    u0 = scheme.init(ctx) if start is None else start
+    u, stats = restarts(scheme, ctx, u0, K, tol, max_restarts, accelerate, on_restart)
     return Solution(scheme.output(u, ctx), stats.iterations, stats.residual)

@@ -87,6 +87,8 @@ class RandomInpainting(Physics):
 
     A_adjoint = A  # a mask is self-adjoint
 
+    normal = A  # m ⊙ m ⊙ x = m ⊙ x for a 0/1 mask: one product
+
     def observe(self, x: torch.Tensor, seed: int, params: Params) -> torch.Tensor:
         """``m ⊙ (m ⊙ x + ε)``: missing pixels stay 0."""
         return self.A(super().observe(x, seed, params), params)
@@ -217,6 +219,10 @@ class ChannelBlur(Physics):
 
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         return self._op(y, params).A_adjoint(y).to(y.dtype)
+
+    def normal(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """``Aᵀ A x = F⁻¹(|K̂|² F x)``: one FFT pair instead of two (deepinv ``BlurFFT.A_adjoint_A``)."""
+        return self._op(x, params).A_adjoint_A(x).to(x.dtype)
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         """``‖A‖ = max |DFT(kernel)|`` exactly (the largest over the images' kernels); ``σ_min = 0``."""

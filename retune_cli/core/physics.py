@@ -112,6 +112,11 @@ class Physics:
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def normal(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """``Aᵀ A x``, the data term's gradient operator, once per step of every scheme: ``Aᵀ(A x)`` by
+        default; a physics with a cheaper product (one FFT pair, one mask product) overrides it."""
+        return self.A_adjoint(self.A(x, params), params)
+
     def draw(self, shape: torch.Size, seed: int) -> Params:
         """Random parameters for a batch of ``shape`` (none by default)."""
         return {}
@@ -174,7 +179,7 @@ def operator_norm(physics: Physics, like: torch.Tensor, params: Params | None = 
     value = 0.0
     for _ in range(iterations):
         v = v / torch.linalg.vector_norm(v).clamp_min(1e-300)
-        w = physics.A_adjoint(physics.A(v, params), params)
+        w = physics.normal(v, params)
         new = float(torch.sum(v * w))
         if abs(new - value) <= tol * max(new, 1e-30):
             value = new

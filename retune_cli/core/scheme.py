@@ -89,7 +89,8 @@ class PaddedScheme(Scheme):
         if self.physics.identity:
             return x
         h, w = size
-        return self.adjoint(self.physics.A(x[..., :h, :w], params), params)
+        x = self.physics.normal(x[..., :h, :w], params)
+        return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau, size: tuple[int, int], params: Params) -> torch.Tensor:
         """``prox_{τf}(z)`` of ``f = ½‖A x − y‖²`` on the padded domain: for ``A = I`` on all of it
