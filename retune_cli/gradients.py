@@ -21,7 +21,6 @@ from .checkpoint import learned_parameters
 from .config import Config
 from .core import implicit
 from .core.adjoint import ADJOINT_SOLVERS
-from .core.fixed_point import fixed_point
 from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, restarts, solve
 from .core.memory import saved_tensor_bytes
 from .core.pytree import leaves, norm
@@ -94,6 +93,12 @@ class Problem:
     fixed_point: dict
 
 
+def _fixed_point_tol(dtype: torch.dtype) -> float:
+    """û's restart residual: near float64's precision; in float32, above what Anderson's residual bound
+    (K·‖φ(x) − x‖/‖φ(x)‖ at rounding) can reach."""
+    return 1e-14 if dtype == torch.float64 else 1e-6
+
+
 def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int, source: str) -> Problem:
     """The problem, its fixed point û found to machine precision; a θ (of ``source``) that leaves the
     scheme no valid step, or no finite fixed point, is refused."""
@@ -106,8 +111,7 @@ def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtyp
         except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
             raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
         u0 = scheme.init(ctx)
-        tol = 1e-14 if dtype == torch.float64 else 1e-7
-        u_hat, stats = fixed_point(lambda u: scheme.restart(u, ctx, K), u0, tol, 100000)
+        u_hat, stats = restarts(scheme, ctx, u0, K, _fixed_point_tol(dtype), 100000, "anderson")
         if not all(bool(torch.all(torch.isfinite(leaf))) for leaf in leaves(u_hat)):
             raise InputError(f"{source}: its θ gives a non-finite fixed point; θ is out of range")
         omega = float(scheme.contraction(ctx).detach())
@@ -212,7 +216,7 @@ def compare_gradients(
     def say(what: str) -> None:
         report(what, len(result.rows), total)
 
-    options = {"tol": 1e-14 if dtype == torch.float64 else 1e-7, "max_restarts": 100000,
+    options = {"tol": _fixed_point_tol(dtype), "max_restarts": 100000,
                "adjoint_solver": solver, "adjoint_tol": tol, "adjoint_max_iter": 1000}
     say("DEQ")
     o = SolveOptions(min(Ks), 1, **options)

@@ -3,6 +3,8 @@ residual, the safeguard, and ReTune from the accelerated point (the gradient sti
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -118,3 +120,14 @@ def test_config_and_options_accept_only_known_accelerations():
         resolve("denoise-wavelet-b", {"train.accelerate": "broyden"})
     with pytest.raises(ValueError, match="accelerate"):
         SolveOptions(accelerate="broyden")
+
+
+def test_a_diverging_map_stops_with_a_non_finite_residual():
+    calls = []
+
+    def step(u):
+        calls.append(1)
+        return u * 1e200 + 1.0
+
+    u, stats = anderson(step, torch.ones(3, dtype=torch.float64), 1e-8, 50)
+    assert not math.isfinite(stats.residual) and len(calls) <= 3

@@ -9,6 +9,7 @@ wavelet schemes, the image for PnP), so one iteration is one restart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -103,6 +104,8 @@ def anderson(step: Callable, u0, tol: float, max_iter: int, memory: int = 5, blo
         g = flatten(step(unflatten(x)))[0]
         f = g - x
         residual, done = scale * float(f.norm() / g.norm().clamp_min(1e-300)), done + 1
+        if not math.isfinite(residual):  # diverged: nothing to extrapolate from
+            break
         if residual > previous:  # safeguard: restart from the plain map
             history.clear()
         elif f_old is not None:
