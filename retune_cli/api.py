@@ -3,6 +3,7 @@
     restorer = retune_cli.load("runs/bc/theta.safetensors")   # an nn.Module
     x_hat = restorer(y)            # y: (3, H, W) or (N, 3, H, W) in [0, 1], any size, any device
     model = restorer.to_deepinv()  # a deepinv Reconstructor: model(y, physics), deepinv.test(model, …)
+    noisier = retune_cli.load("runs/bc/theta.safetensors", sigma=0.2)   # thresholds × 0.2/σ_train
     restorer = retune_cli.fit("denoise-wavelet-b", images, out="runs/nb", overrides={"train.steps": 20})
 
 The same functions as the CLI: :func:`~.restore.load_model` and :func:`~.restore.run` (``retune
@@ -11,7 +12,7 @@ restore``), :func:`~.train.train` (``retune train``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -78,9 +79,11 @@ class DeepinvRestorer(Reconstructor):
 
 
 def load(path: Path | str, device: torch.device | str = "cpu", T: int | None = None, tol: float | None = None,
-         trust_code: bool = False) -> Restorer:
-    """Load ``theta.safetensors`` as a :class:`Restorer` on ``device`` (T and tol as ``retune restore``'s)."""
-    return Restorer(load_model(path, device, trust_code), T, tol)
+         trust_code: bool = False, sigma: float | Sequence[float] | None = None) -> Restorer:
+    """Load ``theta.safetensors`` as a :class:`Restorer` on ``device`` (T, tol and sigma as ``retune
+    restore``'s: ``sigma``, the noise level of the images to restore, one or per channel, scales the
+    thresholds by ``sigma/σ_train``)."""
+    return Restorer(load_model(path, device, trust_code, sigma), T, tol)
 
 
 def fit(

@@ -3,15 +3,19 @@
 Every rank builds the same global batch (a pure function of seed and step), keeps its share
 ``batch[rank::world]``, and backpropagates its shard's mean loss; the gradients of θ are averaged
 with ``all_reduce`` so that every rank takes the same Adam step as one process on the whole batch
-would. Only rank 0 writes files and draws progress. gloo on CPU, NCCL on CUDA.
+would. Only rank 0 writes files, draws progress and prints errors. gloo on CPU, NCCL on CUDA.
+
+torch is imported where it is used: the CLI's error path asks :func:`env_rank` before any heavy import.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Group:
         """Whether ``flag`` holds on any rank (so that all ranks stop together)."""
         if not self.active:
             return flag
+        import torch
         import torch.distributed as dist
 
         value = torch.tensor([float(flag)], device=self.device)
@@ -66,8 +71,21 @@ class Group:
 SINGLE = Group()
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (``RANK``), before the process group is joined; 0 for a
+    single process (or an unreadable ``RANK``)."""
+    return _env_int("RANK", 0) if launched_by_torchrun() else 0
 
 
 def start(device: torch.device) -> tuple[Group, torch.device]:
@@ -77,6 +95,7 @@ def start(device: torch.device) -> tuple[Group, torch.device]:
     """
     if not launched_by_torchrun():
         return Group(), device
+    import torch
     import torch.distributed as dist
 
     if device.type == "cuda":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from .errors import InputError
 from .images import read_array, read_image
 from .limits import check_cost
 from .models import build_scheme
+from .noise_level import NoiseScaling, rescale
 
 MAX_RESTARTS_WITH_TOL = 1000
 KERNEL_SUM_TOL = 1e-3
@@ -27,6 +28,7 @@ class Model:
 
     checkpoint: ckpt.Checkpoint
     scheme: torch.nn.Module
+    noise: NoiseScaling | None = None  # moved to another noise level than training's (--sigma)
 
     @property
     def config(self):
@@ -37,12 +39,16 @@ class Model:
         return next(self.scheme.parameters()).device
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code: bool = False) -> Model:
+def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code: bool = False,
+               sigma: float | Sequence[float] | None = None) -> Model:
+    """A checkpoint's scheme with θ loaded; ``sigma`` (1 or 3 noise levels): moved to that noise
+    level, its thresholds scaled by ``sigma/σ_train`` (:mod:`.noise_level`)."""
     checkpoint = ckpt.load(path, trust_code)
     scheme = build_scheme(checkpoint.config, device)
     ckpt.load_parameters(scheme, checkpoint)
+    noise = None if sigma is None else rescale(scheme, checkpoint.config.physics.sigma, sigma, str(checkpoint.path))
     scheme.eval()
-    return Model(checkpoint, scheme)
+    return Model(checkpoint, scheme, noise)
 
 
 def restart_budget(t: TrainConfig, T: int | None = None, tol: float | None = None) -> tuple[int, float]:

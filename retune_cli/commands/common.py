@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -11,9 +12,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..distributed import env_rank
 from ..yamlfiles import preset_names
 
 MAX_MESSAGE = 1000  # characters of an error line
+SECONDARY_GRACE_S = 2.0  # under torchrun, how long a rank > 0 waits after an error (see print_error)
 
 
 class _Console(Console):
@@ -47,11 +50,41 @@ def with_flags(message: str) -> str:
 
 def print_error(message: str) -> None:
     """``error: message`` on stderr as one line: newlines folded, at most :data:`MAX_MESSAGE`
-    characters, no Rich markup."""
+    characters, no Rich markup.
+
+    Under torchrun only rank 0 prints: the ranks check the same inputs (what only rank 0 does, the run
+    folder, only rank 0 can fail at), so the line would repeat once per process. A rank > 0 waits up to
+    :data:`SECONDARY_GRACE_S` instead, a SIGTERM ending the wait: torchrun stops every rank as soon as
+    one exits, and must not stop rank 0 before it has printed."""
+    if env_rank():
+        _wait_for_rank_0()
+        return
     text = " ".join(message.split())
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 1] + "…"
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _wait_for_rank_0() -> None:
+    """Sleep :data:`SECONDARY_GRACE_S`, or until a SIGTERM (torchrun stopping the ranks)."""
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (the CLI always is): no handler, no wait
+        return
+    try:
+        time.sleep(SECONDARY_GRACE_S)
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -74,7 +107,8 @@ def user_errors() -> Iterator[None]:
     except OSError as e:
         fail(reason(e) + (f": {e.filename}" if e.filename else ""))
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        if not env_rank():  # Ctrl-C reaches every rank: one line
+            err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
 
 
@@ -88,7 +122,8 @@ def graceful_stop() -> Iterator[callable]:
             raise KeyboardInterrupt
         requested.append(signum)
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        err_console.print(f"[yellow]{what}: stopping after this step (Ctrl-C to stop now)…[/]")
+        if not env_rank():
+            err_console.print(f"[yellow]{what}: stopping after this step (Ctrl-C to stop now)…[/]")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -23,7 +23,8 @@ from .common import (
 
 EPILOG = (
     "Examples:  retune eval runs/*/theta.safetensors --data ~/Kodak24 --json results.json   ·   "
-    "retune eval runs/dn-b/theta.safetensors --T 50 --csv table.csv"
+    "retune eval runs/dn-b/theta.safetensors --T 50 --csv table.csv   ·   checkpoints of different degradations: "
+    "one table per degradation"
 )
 
 
@@ -44,23 +45,24 @@ def eval_(
     trust_code: TrustCode = False,
     threads: Threads = None,
 ) -> None:
-    """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM."""
+    """Degrade every clean image (seeded), restore with each checkpoint, tabulate PSNR and SSIM (one table per
+    degradation when the checkpoints degrade images differently)."""
     with user_errors():
         from ..errors import InputError
-        from ..evaluate import checkpoint_labels, evaluate, saved_images
+        from ..evaluate import evaluate_groups, saved_images, write_csv, write_json
         from ..files import check_outputs
 
         if T is not None and T < 1:
             raise InputError("--T must be at least 1")
         check_accelerate(accelerate)
         set_threads(threads)
+        save = None if save_dir is None else saved_images(save_dir, data, checkpoints, trust_code)
+        files = [("--save-dir", p) for group in save or [] for image in group.values() for p in image.values()]
         inputs = [("--data", data), *(("the checkpoint", path) for path in checkpoints)]
-        save = None if save_dir is None else saved_images(save_dir, data, checkpoint_labels(checkpoints))
-        files = [("--save-dir", p) for image in (save or {}).values() for p in image.values()]
         check_outputs((("--json", json_), ("--csv", csv_), *files), inputs)
         with progress_bar() as progress:
             task = progress.add_task("evaluating", total=None)
-            result = evaluate(
+            results = evaluate_groups(
                 checkpoints,
                 data,
                 T,
@@ -71,12 +73,16 @@ def eval_(
                 accelerate=accelerate,
                 on_row=lambda row: progress.console.print(_row_line(row), highlight=False, soft_wrap=True),
                 save=save,
+                on_group=lambda name: progress.console.print(f"[bold]{name}[/]", highlight=False, soft_wrap=True),
             )
-        console.print(_eval_table(result))
+        for result in results:
+            if len(results) > 1:
+                console.print(f"\n[bold]{result.group}[/]", highlight=False, soft_wrap=True)
+            console.print(_eval_table(result))
         if json_:
-            result.write_json(json_)
+            write_json(results, json_)
         if csv_:
-            result.write_csv(csv_)
+            write_csv(results, csv_)
 
 
 def _row_line(row: dict) -> str:

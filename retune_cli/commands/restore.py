@@ -26,6 +26,7 @@ EPILOG = (
     "Examples:  retune restore runs/dn-b/theta.safetensors noisy.png -o clean.png   ·   "
     "retune restore runs/dn-b/theta.safetensors photo.png --simulate --seed 3 -o out.png --save-observation obs.png"
     "   ·   retune restore CKPT noisy.png -o clean.npy --tol 1e-6   ·   retune restore CKPT photos/ -o restored/"
+    "   ·   retune restore CKPT noisy.png --sigma 0.1,0.12,0.09 -o clean.png"
 )
 
 
@@ -55,6 +56,9 @@ def restore(
     ] = None,
     normalize_kernel: Annotated[bool, typer.Option(help="Divide --kernel by its sums, not refuse it.")] = False,
     scale: Annotated[int | None, typer.Option(help="Super-resolution: the model's factor (checked).")] = None,
+    sigma: Annotated[str | None, typer.Option(help="The image's noise level, one or per channel (0.1,0.12,0.09), "
+                                              "if not the checkpoint's: thresholds scale by it (--simulate adds "
+                                              "this noise).")] = None,
     reference: Annotated[
         Path | None, typer.Option(help="A real clean image of the result's size: print PSNR/SSIM against it.")
     ] = None,
@@ -69,19 +73,14 @@ def restore(
     """Restore one image, or every image of a folder (-o OUTDIR), with a checkpoint's model and physics."""
     with user_errors():
         from ..errors import InputError
-        from ..restore import load_model
 
         if (T is not None and T < 1) or (tol is not None and not tol >= 0):
             raise InputError("--T must be at least 1 and --tol non-negative")
         operators = {"mask": mask, "kernel": kernel}
-        inputs = (("the checkpoint", checkpoint), ("the image folder" if image.is_dir() else "the image", image),
-                  ("--mask", mask), ("--kernel", kernel), ("--reference", reference))
-        if image.is_dir() and (save_observation or reference):
-            raise InputError(f"--save-observation and --reference go with one image; {image} is a folder")
-        job = _check_outputs(image, output, save_observation, force, bits, inputs)
+        job = _check_outputs(checkpoint, image, output, save_observation, reference, operators, force, bits)
         check_accelerate(accelerate)
         set_threads(threads)
-        model = load_model(checkpoint, device_from(device), trust_code)
+        model = _load_model(checkpoint, device, trust_code, sigma)
         options = dict(simulate_seed=seed if simulate else None, T=T, tol=tol, operators=operators, scale=scale,
                        normalize_kernel=normalize_kernel, accelerate=accelerate, reference=reference)
         if job is None:
@@ -91,19 +90,36 @@ def restore(
             _restore_folder(model, job, bits, options)
 
 
-def _check_outputs(image: Path, output: Path | None, save_observation: Path | None, force: bool, bits: int,
-                   inputs) -> object:
-    """Check every output before any work; a folder's job (None for one image)."""
+def _check_outputs(checkpoint: Path, image: Path, output: Path | None, save_observation: Path | None,
+                   reference: Path | None, operators: dict, force: bool, bits: int) -> object:
+    """Check every output before any work (none may be an input); a folder's job (None for one image)."""
+    from ..errors import InputError
     from ..images import check_image_outputs
     from ..restore import folder_job
 
+    inputs = (("the checkpoint", checkpoint), ("the image folder" if image.is_dir() else "the image", image),
+              *((f"--{flag}", path) for flag, path in operators.items()), ("--reference", reference))
     if not image.is_dir():
         output = output or image.with_name(f"{image.stem}.restored.png")
         check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits, inputs)
         return None
+    if save_observation or reference:
+        raise InputError(f"--save-observation and --reference go with one image; {image} is a folder")
     job = folder_job(image, output, force)
     check_image_outputs((("-o", out) for _, out in job.pairs), bits, inputs)
     return job
+
+
+def _load_model(checkpoint: Path, device: str, trust_code: bool, sigma: str | None):
+    """The checkpoint's model; with ``--sigma``, moved to that noise level, as one line says."""
+    from ..noise_level import parse_sigma
+    from ..restore import load_model
+
+    noise = None if sigma is None else parse_sigma(sigma)
+    model = load_model(checkpoint, device_from(device), trust_code, noise)
+    if model.noise is not None:
+        console.print(model.noise.describe(), highlight=False)
+    return model
 
 
 def _restore_one(model, image: Path, output: Path, save_observation: Path | None, bits: tuple[int, int],

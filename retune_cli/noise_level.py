@@ -1,0 +1,126 @@
+"""Restoring noise of another level than training's (``restore --sigma S``, ``load(path, sigma=S)``).
+
+Thresholds scale linearly with the noise (the universal threshold is ``σ√(2 log n)``), so a θ learned
+at ``σ_train`` restores noise ``S`` with its thresholds scaled by ``S/σ_train``, per channel c.
+
+* Wavelet schemes, ``min_x ½‖Ax − y‖² + ‖θ D x‖_{1,2}``: for A = I and θ constant in a group g the
+  minimizer is group soft-thresholding of ``b = D y`` at θ, ``ŵ_g = b_g (1 − θ/‖b_g‖)₊``: the effective
+  threshold on wavelet coefficients is θ itself, whatever τ (the iterate ``u = θ w``, the prox of
+  ``τ‖·‖_{1,2}`` on u and τ(θ) of the step rule are the algorithm's, not the problem's). So
+  ``θ_{j,b,c} ← r_c θ_{j,b,c}``, ``r_c = S_c/σ_c``, and τ follows θ through the step rule. θ_B has no
+  channel axis but its groups lie within one channel (they span the bands), so per-channel factors act
+  exactly on each group's threshold; θ_BC's groups span the channels, whose weights scale each by r_c.
+* Plug-and-play: the denoiser takes one noise level per image, so ``σ ← σ · rms(S)/rms(σ_train)``
+  (root mean square over the channels: the pooled noise's standard deviation); τ is unchanged.
+
+The physics then simulates noise S as well (``restore --simulate --sigma S``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .core.physics import ChannelGaussianNoise
+from .core.priors import WaveletWeights
+from .core.schemes import PnPParameters
+from .errors import InputError
+
+CHANNELS = 3  # images are read as RGB
+
+
+def parse_sigma(text: str, flag: str = "--sigma") -> tuple[float, ...]:
+    """``"0.1"`` or ``"0.1,0.12,0.09"`` (one per channel R, G, B) → positive finite noise levels."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise InputError(f"{flag} takes one noise level or three (R,G,B), e.g. {flag} 0.1,0.12,0.09; "
+                         f"not {text!r}") from None
+    return check_sigma(values, flag)
+
+
+def check_sigma(values: float | Sequence[float], flag: str = "sigma") -> tuple[float, ...]:
+    """1 or 3 positive finite noise levels (standard deviations of images in [0, 1]): a number or a
+    sequence."""
+    try:
+        values = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"{flag} must be a number or three (R,G,B), not {values!r}") from None
+    if len(values) not in (1, CHANNELS) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{flag} must be one or three positive finite noise levels (R,G,B), "
+                         f"not {_numbers(values) or 'nothing'}")
+    return values
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.3g}" for v in values)
+
+
+def _rms(values: tuple[float, ...]) -> float:
+    return math.sqrt(sum(v * v for v in values) / len(values))
+
+
+def _per_channel(values: tuple[float, ...]) -> tuple[float, ...]:
+    return values * CHANNELS if len(values) == 1 else values
+
+
+@dataclass(frozen=True)
+class NoiseScaling:
+    """How a model was moved from its training noise to another: ``factors`` multiply θ per channel
+    (wavelet) or the denoiser's σ (PnP, one factor)."""
+
+    trained: tuple[float, ...]  # σ_train per channel
+    given: tuple[float, ...]  # S per channel
+    factors: tuple[float, ...]
+    scaled: str  # "θ" or "the denoiser's σ"
+
+    def describe(self) -> str:
+        """``noise σ 0.2 (trained at 0.1, 0.25, 0.5): θ × 2, 0.8, 0.4 per channel``."""
+        short = lambda v: _numbers(v[:1] if len(set(v)) == 1 else v)  # noqa: E731
+        return (f"noise σ {short(self.given)} (trained at {short(self.trained)}): {self.scaled} × "
+                f"{short(self.factors)}" + (" per channel" if len(set(self.factors)) > 1 else ""))
+
+
+class ChannelScaledWeights(nn.Module):
+    """Wavelet weights times one factor per channel: ``θ'_{j,b,c} = r_c θ_{j,b,c}`` (the learned
+    :class:`WaveletWeights` inside, unchanged; the scheme reads ``diagonal()`` and ``group_dims``)."""
+
+    def __init__(self, weights: WaveletWeights, factors: torch.Tensor):
+        super().__init__()
+        self.weights = weights
+        self.register_buffer("factors", factors.reshape(1, -1, 1, 1, 1))
+
+    @property
+    def group_dims(self) -> tuple[int, ...]:
+        return self.weights.group_dims
+
+    def diagonal(self) -> list[torch.Tensor]:
+        return [t * self.factors for t in self.weights.diagonal()]
+
+
+def rescale(scheme: nn.Module, trained: Sequence[float], sigma: float | Sequence[float], source: str) -> NoiseScaling:
+    """Move ``scheme`` (θ loaded, trained at noise ``trained``) in place to noise ``sigma`` (see the
+    module docstring); refuse a channel trained without noise, whose thresholds have no scale."""
+    trained, given = _per_channel(tuple(trained)), _per_channel(check_sigma(sigma))
+    if not all(s > 0 for s in trained):
+        raise InputError(f"--sigma: {source} was trained without noise on some channel (physics.sigma "
+                         f"{_numbers(trained)}), so its thresholds have no noise scale")
+    theta = scheme.theta
+    if isinstance(theta, WaveletWeights):
+        factors = tuple(g / t for g, t in zip(given, trained))
+        device = next(theta.parameters()).device
+        scheme.theta = ChannelScaledWeights(theta, torch.tensor(factors, device=device))
+        scaled = "θ"
+    elif isinstance(theta, PnPParameters):
+        factors = (_rms(given) / _rms(trained),)
+        with torch.no_grad():
+            theta.log_sigma.add_(math.log(factors[0]))
+        scaled = "the denoiser's σ"
+    else:
+        raise InputError(f"--sigma: {source}'s model ({type(scheme).__name__}) has no known noise scaling")
+    scheme.physics.noise = ChannelGaussianNoise(given)
+    return NoiseScaling(trained, given, factors, scaled)
