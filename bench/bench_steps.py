@@ -7,7 +7,8 @@ One step = ``retune_cli.train.train_step`` (solve with the gradient mode, MSE, b
 
 * problems: ``denoise-wavelet-b`` (A = I), ``inpaint-wavelet`` (90 % of the pixels missing),
   ``deblur-wavelet`` (channel-wise uniform blur of width 25, FFT);
-* configurations: ReTune (K, T) = (10, 10) and (10, 1), full unrolling over (10, 10);
+* configurations: ReTune (K, T) = (10, 10) and (10, 1), full unrolling over (10, 10), and ReTune (10, 10) with
+  Anderson-accelerated restarts (``train.accelerate: anderson``: the cost of extrapolating after every step);
 * implementations: ``after`` (this tree) and ``before``: ``WaveletFB``, the wavelet transform and the group
   soft-threshold of commit ``BEFORE``, read with ``git show`` into temporary modules
   (``retune_cli.core._before_*``) and swapped into the scheme (its class and its transform).
@@ -44,8 +45,9 @@ from common import REPO_ROOT, interleaved, limit_threads, machine_info, op_profi
 
 BEFORE = "daa25480bbf9c367e48957fb117ccedb6991a95d"  # the last commit before part 1 touched these files
 PROBLEMS = {"denoise": "denoise-wavelet-b", "inpaint": "inpaint-wavelet", "deblur": "deblur-wavelet"}
-CONFIGS = {"retune_K10_T10": (10, 10, "retune"), "retune_K10_T1": (10, 1, "retune"),
-           "unrolled_K10_T10": (10, 10, "unrolled")}
+CONFIGS = {"retune_K10_T10": (10, 10, "retune", "none"), "retune_K10_T1": (10, 1, "retune", "none"),
+           "unrolled_K10_T10": (10, 10, "unrolled", "none"),
+           "retune_K10_T10_anderson": (10, 10, "retune", "anderson")}
 GOALS_S = {"denoise": 0.2, "inpaint": 1.3, "deblur": 1.8}  # (10, 10), one thread
 ISSUE_REFERENCE_S = {"denoise": 0.19, "inpaint": 2.60, "deblur": 3.55}  # issue 12's measurement, one thread
 DEFAULT_THREADS = torch.get_num_threads()
@@ -75,7 +77,7 @@ def build(problem: str, config: str, impl: str, crop: int, before: dict | None):
     from retune_cli.models import solve_options
     from retune_cli.train import new_state, train_step
 
-    K, T, mode = CONFIGS[config]
+    K, T, mode, accelerate = CONFIGS[config]
     settings = resolve(PROBLEMS[problem], {"train.crop": crop, "train.batch_size": 4})
     state = new_state(settings, "cpu", None)
     if impl == "before":
@@ -85,7 +87,7 @@ def build(problem: str, config: str, impl: str, crop: int, before: dict | None):
     clean = training_batch(ImageFolder.open(None), 0, 4, crop, 0)
     with torch.no_grad():
         obs = state.scheme.physics.simulate(clean, 1)
-    options = solve_options(settings.train, K=K, T=T)
+    options = solve_options(settings.train, K=K, T=T, accelerate=accelerate)
     return lambda: train_step(state, clean, obs, options, mode)
 
 
