@@ -11,6 +11,7 @@ checkpoint, never a torn one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,17 @@ def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
         )
     _check_finite(tensors, f"--init {checkpoint.path}")
     _copy_into(scheme, tensors)
+
+
+def started_config(config: Config, scheme: torch.nn.Module) -> Config:
+    """``config`` recording the θ a ``train.init`` run starts from: PnP's ``init_sigma``, ``init_tau`` become
+    the (σ, τ) loaded into ``scheme`` (to float32's 7 digits); wavelet θ is a vector that ``train.init``
+    names (config.yaml says so in its first line)."""
+    theta = scheme.theta
+    if not config.train.init or not hasattr(theta, "log_sigma"):
+        return config
+    sigma, tau = (float(f"{torch.exp(p.detach()).item():.7g}") for p in (theta.log_sigma, theta.log_tau))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, init_sigma=sigma, init_tau=tau))
 
 
 ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}

@@ -8,6 +8,7 @@ Schemes are registered by ``(model.name, model.scheme)`` (:data:`SCHEMES`), phys
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,9 +20,11 @@ from .core.physics import Physics
 from .core.scheme import Scheme
 from .core.schemes import PnPFB, PnPParameters, WaveletFB
 from .core.splitting import PnPHQS, WaveletDRS
+from .data import derive_seed
 from .errors import InputError
 
 CHANNELS = 3  # images are read as RGB
+QUANTIZATION_NOISE = 1 / (255 * math.sqrt(12))  # std of rounding to 8 bits: the noise start's floor on σ
 
 
 def physics_from(config: Config) -> Physics:
@@ -30,21 +33,46 @@ def physics_from(config: Config) -> Physics:
     return build_physics(options.pop("name"), options.pop("sigma"), **options)
 
 
-def _wavelet_parts(config: Config):
+def prior_noise(config: Config, physics: Physics) -> list[float]:
+    """The noise level per channel that the noise start's thresholds use: ``s_c = √h · max(σ_c, q)``.
+
+    ``h = ‖A z‖² / ‖z‖²`` for white Gaussian z shaped as a training batch (seeded): ``tr(AᵀA)/n``, the mean
+    curvature of ``½‖A x − y‖²`` (1 for A = I). Where ``AᵀA ≈ h I``, the data term is ``½h‖x − x_LS‖²``,
+    whose minimizer has noise ``σ/√h`` and is thresholded at θ/h: ``θ = σ√h · √(2 log n)`` makes that the
+    universal threshold of ``x_LS``. ``q = 1/(255√12)``, the rounding noise of 8-bit images, keeps θ > 0
+    for noise-free physics.
+    """
+    t = config.train
+    shape = torch.Size((t.batch_size, CHANNELS, t.crop, t.crop))
+    seed = derive_seed(t.seed, "init")
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        curvature = float(physics.A(z, physics.draw(shape, seed)).pow(2).sum() / z.pow(2).sum())
+    if not curvature > 0:
+        raise InputError(f"model.init noise: physics {config.physics.name} maps every image to 0; "
+                         "use model.init=paper")
+    sigma = config.physics.sigma * (CHANNELS if len(config.physics.sigma) == 1 else 1)
+    return [math.sqrt(curvature) * max(s, QUANTIZATION_NOISE) for s in sigma]
+
+
+def _wavelet_parts(config: Config, physics: Physics):
     from .core.priors import WaveletWeights
     from .core.wavelets import WaveletTransform
 
     m = config.model
-    weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
+    if m.init == "paper":
+        weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
+    else:
+        weights = WaveletWeights.universal(m.levels, m.weights, prior_noise(config, physics), config.train.crop**2)
     return WaveletTransform(m.wavelet, m.levels), weights
 
 
 def _wavelet_fb(config: Config, physics: Physics) -> Scheme:
-    return WaveletFB(physics, *_wavelet_parts(config), config.model.step_rule)
+    return WaveletFB(physics, *_wavelet_parts(config, physics), config.model.step_rule)
 
 
 def _wavelet_drs(config: Config, physics: Physics) -> Scheme:
-    return WaveletDRS(physics, *_wavelet_parts(config))
+    return WaveletDRS(physics, *_wavelet_parts(config, physics))
 
 
 def _pnp(cls: type[PnPFB]) -> Callable[[Config, Physics], Scheme]:
@@ -86,6 +114,12 @@ def solve_options(train: TrainConfig, **changes) -> SolveOptions:
 def trainable(scheme: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The parameters training updates, named as in a checkpoint (``theta.…``, ``denoiser.…``)."""
     return {name: p for name, p in scheme.named_parameters() if p.requires_grad}
+
+
+def denoiser_sigma(scheme: torch.nn.Module) -> float | None:
+    """PnP's σ, the denoiser's noise level ``exp(log σ)``; None for a scheme without one."""
+    log_sigma = getattr(scheme.theta, "log_sigma", None)
+    return None if log_sigma is None else float(torch.exp(log_sigma.detach()))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,9 +13,13 @@ import csv
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .files import atomic_write, check_folder, overlaps, reading, reason, write_text
+
+if TYPE_CHECKING:
+    from .config import Config
 
 CHECKPOINT = "theta.safetensors"
 CONFIG = "config.yaml"
@@ -25,7 +29,7 @@ BEST = "best.safetensors"  # with --val: the checkpoint of the best validation P
 RUN_FILES = (CHECKPOINT, CONFIG, LOG, PLOT, BEST)
 LOCK = ".retune.lock"
 STALE = re.compile(rf"^\.({'|'.join(re.escape(n) for n in RUN_FILES)})\..+\.tmp$")  # atomic_write's, after a kill
-LOG_FIELDS = ("step", "loss", "psnr", "tau", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err",
+LOG_FIELDS = ("step", "loss", "psnr", "tau", "sigma", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err",
               "val_psnr")
 
 
@@ -147,8 +151,11 @@ class RunDir:
             os.close(self._lock)
             self._lock = None
 
-    def write_config(self, text: str) -> None:
-        write_text(self.path / CONFIG, text)
+    def write_config(self, config: Config) -> None:
+        """``config.yaml``: the resolved config, headed by a comment when θ starts from ``train.init``."""
+        pnp = " (model.init_sigma and model.init_tau are its σ and τ)" if config.model.name == "pnp" else ""
+        note = f"# θ starts from train.init's checkpoint{pnp}, not from model.init\n" if config.train.init else ""
+        write_text(self.path / CONFIG, note + config.to_yaml())
 
     def read_log(self, until: int) -> list[dict]:
         return read_log(self.path / LOG, until)

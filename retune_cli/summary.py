@@ -2,7 +2,8 @@
 
 Parameters are stored as logarithms (``theta.log_X``); shown as ``X = exp(log_X)``: λ_j per scale,
 Λ_b per band (× channel), PnP's σ and τ. For wavelet schemes also the weights themselves,
-``θ_{j,b(,c)} = λ_j √Λ_{b(,c)}`` per scale j (1 = finest) × band (H, V, D) (× channel R, G, B).
+``θ_{j,b(,c)} = λ_j √Λ_{b(,c)}`` per scale j (1 = finest) × band (H, V, D) (× channel R, G, B). ``start``
+says where θ started: ``--init`` (another run's θ), PnP's (σ, τ), or the wavelet ``model.init``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .config import Config
 from .restore import load_model
 from .rundir import LOG, read_log
 
@@ -50,6 +52,19 @@ def wavelet_theta(scheme: torch.nn.Module) -> torch.Tensor | None:
     return torch.stack(per_level[::-1])
 
 
+def _start(config: Config) -> str:
+    """Where θ started: another run (``train.init``), PnP's (σ, τ), or the wavelet start ``model.init``."""
+    m = config.model
+    if config.train.init:
+        recorded = f" (σ = {m.init_sigma:g}, τ = {m.init_tau:g})" if m.name == "pnp" else ""
+        return f"--init {config.train.init}{recorded}"
+    if m.name == "pnp":
+        return f"σ = {m.init_sigma:g}, τ = {m.init_tau:g}"
+    if m.init == "paper":
+        return f"paper: λ_j = {m.init_lambda:g}, Λ = 1"
+    return "noise: universal thresholds θ_j = s_c √(2 log n_j) from physics.sigma"
+
+
 def summarize(path: Path, trust_code: bool = False) -> Summary:
     """Load ``path`` and describe it (its run folder's log.csv too, when there)."""
     model = load_model(path, "cpu", trust_code)
@@ -60,6 +75,7 @@ def summarize(path: Path, trust_code: bool = False) -> Summary:
         + (f", {c.model.wavelet} × {c.model.levels} levels, {c.model.weights}" if c.model.name == "wavelet" else ""),
         "K, T": f"{c.train.K}, {c.train.T}", "gradient": c.train.gradient, "step": str(ck.step),
         "train PSNR": f"{ck.train_psnr:.2f} dB", "data": str(ck.data or "built-in samples or images in memory"),
+        "start": _start(c),
     }
     log = read_log(Path(path).parent / LOG)
     denoiser = sum(1 for k in ck.parameters if k.startswith("denoiser."))

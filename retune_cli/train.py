@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .advice import divergence_hint
 from .config import Config
 from .core.hypergrad import Solution, SolveOptions, solve
 from .core.implicit import gradient_check
@@ -25,13 +26,15 @@ from .core.physics import Observation
 from .data import ImageFolder, Images, derive_seed, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
-from .models import build_scheme, physics_from, solve_options, trainable
+from .models import build_scheme, denoiser_sigma, physics_from, solve_options, trainable
 from .rundir import LOG_FIELDS, RunDir
 from .validation import Validation
 
 
 class TrainingDiverged(Exception):
     """A non-finite loss, gradient or θ: training stopped, the last finite checkpoint is kept."""
+
+    OUT_OF_RANGE = "θ left the range where its step size τ(θ) is defined"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class StepReport:
     psnr: float
     tau: float
     seconds: float
+    sigma: float | None = None  # PnP: the denoiser's σ (after this step's update)
     restarts: int = 0  # restarts of Φ_K in this step's solve
     residual: float = float("nan")  # relative residual of its last restart
     grad_cosine: float | None = None  # cos(g, g_DEQ), every check_gradient_every steps
@@ -100,8 +104,8 @@ def train_step(
     scheme, optimizer = state.scheme, state.optimizer
     try:
         solution = solve(scheme, obs, options, mode)
-    except ValueError as e:  # θ so extreme that no valid step exists
-        raise TrainingDiverged(f"θ left the valid range ({e})") from None
+    except ValueError:  # θ so extreme that no valid step exists
+        raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
     loss = torch.mean((solution.x - clean) ** 2)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -151,11 +155,10 @@ class _Run:
     best: float = -math.inf  # the best validation PSNR so far (its checkpoint: best.safetensors)
 
     def save(self, step: int) -> None:
-        if not self.group.is_main:
-            return
-        self.state.save(self.run.checkpoint, self.config, step, self.psnr, self.data, self.group.world)
-        self.saved = step
-        self.run.plot(self.config.preset, self.rows)
+        if self.group.is_main:
+            self.state.save(self.run.checkpoint, self.config, step, self.psnr, self.data, self.group.world)
+            self.saved = step
+            self.run.plot(self.config.preset, self.rows)
 
     def validate(self, report: StepReport) -> StepReport:
         """Every ``val_every`` steps and at the last: the validation PSNR, and best.safetensors when it
@@ -180,8 +183,7 @@ def _batch(images: ImageFolder, physics, config: Config, step: int, device, grou
 
 def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock: float) -> StepReport:
     """Train step ``step`` (0-based) and report it; the DEQ check uses the whole batch on rank 0."""
-    t = r.config.train
-    scheme = r.state.scheme
+    t, scheme = r.config.train, r.state.scheme
     batch, obs, clean, shard = _batch(images, scheme.physics, r.config, step, device, r.group)
     due = r.group.is_main and t.check_gradient_every > 0 and (step + 1) % t.check_gradient_every == 0
     outcome = train_step(
@@ -191,18 +193,17 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
     r.psnr = outcome.psnr
     try:
         tau = float(scheme.step_size(shard).detach())
-    except ValueError as e:  # θ so extreme that no valid step exists
-        raise TrainingDiverged(f"θ left the valid range ({e})") from None
+    except ValueError:  # θ so extreme that no valid step exists
+        raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
     s = outcome.solution
     return StepReport(step + 1, total, outcome.loss, outcome.psnr, tau, time.perf_counter() - clock,
-                      s.restarts, s.residual, **outcome.check)
+                      denoiser_sigma(scheme), s.restarts, s.residual, **outcome.check)
 
 
 def _open(config: Config, out: Path, images: Images, data: Path | None, resume: ckpt.Checkpoint | None,
-          force: bool, group: Group, device, trust_code: bool) -> tuple[int, ckpt.TrainState, list[dict], RunDir]:
-    """Check all a run needs — the images, its length, its starting state (``train.init``'s θ or the
-    resumed checkpoint's), the resumed log — then prepare and lock the run folder: nothing is written
-    or removed before everything is checked."""
+          force: bool, group: Group) -> tuple[int, list[dict], RunDir]:
+    """Check the rest of what a run needs — the images, its length, the resumed log — then prepare and
+    lock the run folder and write config.yaml: nothing is written or removed before everything is checked."""
     t = config.train
     images.check_min_size(t.crop)
     if t.batch_size % group.world:
@@ -210,17 +211,16 @@ def _open(config: Config, out: Path, images: Images, data: Path | None, resume: 
     total = total_steps(config, len(images))
     if resume is not None and resume.step >= total:
         raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
-    state = new_state(config, device, resume, trust_code)
     run = RunDir(out)
     rows = run.read_log(resume.step) if resume is not None and group.is_main else []
     if group.is_main:
         run.prepare(force, resume.path if resume is not None else None, data)
         try:
-            run.write_config(config.to_yaml())
+            run.write_config(config)
         except InputError:
             run.release()
             raise
-    return total, state, rows, run
+    return total, rows, run
 
 
 def train(
@@ -239,19 +239,20 @@ def train(
 ) -> TrainResult:
     """Train from the initial θ (or from ``resume``) for the configured number of steps.
 
-    ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its
-    checkpoint and raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is,
-    labelled with the number of Adam updates actually applied. With a distributed ``group``, each
-    rank trains on its share of every batch and only rank 0 writes files; it holds the run folder's
-    lock from its preparation to its end. ``trust_code``: ``train.init`` may name a physics that runs
-    code from its config. ``data``: a folder, the built-in samples (None) or in-memory :class:`Images`
-    (a checkpoint then records no folder). ``val``: a folder of clean validation images
-    (:mod:`.validation`).
+    ``should_stop`` is polled after each step (a signal handler sets it): the run then saves its checkpoint and
+    raises ``KeyboardInterrupt``. A ``KeyboardInterrupt`` mid-step saves θ as it is, labelled with the number of
+    Adam updates actually applied. With a distributed ``group``, each rank trains on its share of every batch and
+    only rank 0 writes files; it holds the run folder's lock from its preparation to its end. ``trust_code``:
+    ``train.init`` may name a physics that runs code from its config (whose θ config.yaml then records).
+    ``data``: a folder, the built-in samples (None) or in-memory :class:`Images` (a checkpoint then records no
+    folder). ``val``: a folder of clean validation images (:mod:`.validation`).
     """
     images = data if isinstance(data, Images) else ImageFolder.open(data)
     data = None if isinstance(data, Images) else data
     validation = Validation.open(val, config, physics_from(config), device) if val and group.is_main else None
-    total, state, rows, run = _open(config, out, images, data, resume, force, group, device, trust_code)
+    state = new_state(config, device, resume, trust_code)
+    config = ckpt.started_config(config, state.scheme) if resume is None else config
+    total, rows, run = _open(config, out, images, data, resume, force, group)
     start = resume.step if resume is not None else 0
     r = _Run(config, state, run, data, group, start, rows, validation=validation)
     r.best = max((float(row["val_psnr"]) for row in rows if row.get("val_psnr")), default=-math.inf)
@@ -267,7 +268,7 @@ def train(
         _loop(r, images, total, device, clock, on_step, should_stop)
     except TrainingDiverged as e:
         kept = f"the last finite checkpoint is {run.checkpoint} (step {r.saved})" if r.saved else "no checkpoint yet"
-        raise TrainingDiverged(f"{e}; lower --lr or use --clip-grad-norm; {kept}") from None
+        raise TrainingDiverged(f"{e}; {divergence_hint(config)}; {kept}") from None
     except KeyboardInterrupt:
         done = start + state.updates - updates_at_start  # θ as it is, even mid-step
         if done > start and r.saved != done:

@@ -438,9 +438,9 @@ def test_padded_prox_data_leaves_the_padding_unchanged(name, size):
     physics, _, draws = CASES[name]
     config = resolve("inpaint-wavelet-drs")
     from retune_cli.core.splitting import WaveletDRS
-    from retune_cli.models import _wavelet_parts
+    from retune_cli.models import _wavelet_parts, physics_from
 
-    scheme = WaveletDRS(physics, *_wavelet_parts(config)).double()
+    scheme = WaveletDRS(physics, *_wavelet_parts(config, physics_from(config))).double()
     assert scheme.multiple == 16
     n = 2
     params = physics.draw(torch.Size((n, 3, *size)), seed=1) if draws else {}

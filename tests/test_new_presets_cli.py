@@ -86,7 +86,7 @@ def test_new_preset_trains_restores_and_evaluates(preset, trained, image_folder,
 def small_preset(preset: str, folder: Path) -> Path:
     """The built-in preset's YAML with :data:`COMPARE`'s changes (θ_B on 2 levels), as a file."""
     data = yaml.safe_load((REPO / "presets" / f"{preset}.yaml").read_text())
-    data["model"].update(weights="bands", levels=2)
+    data["model"].update(weights="bands", levels=2, init="paper")  # COMPARE's λ
     for section, values in COMPARE[preset].items():
         data[section].update(values)
     path = folder / f"{preset}-small.yaml"
@@ -236,7 +236,7 @@ def test_custom_physics_example_with_compare_grads(monkeypatch, tmp_path):
     θ_B on 2 levels as above)."""
     monkeypatch.chdir(REPO)
     data = yaml.safe_load((REPO / "examples" / "demosaic-wavelet.yaml").read_text())
-    data["model"].update(weights="bands", levels=2, init_lambda=0.05)
+    data["model"].update(weights="bands", levels=2, init="paper", init_lambda=0.05)
     preset = tmp_path / "demosaic-small.yaml"
     preset.write_text(yaml.safe_dump(data, allow_unicode=True))
     out = tmp_path / "grads.json"

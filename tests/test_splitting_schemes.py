@@ -43,6 +43,9 @@ def clean_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(base, scale_factor=4, mode="bilinear")[..., :h, :w].clamp(0, 1)
 
 
+PAPER_START = {"model.init": "paper", "model.init_lambda": 0.3}  # uniform θ = 0.3 (perturbed below)
+
+
 def perturb(scheme, scale: float = 0.3, seed: int = 1):
     """θ moved off its uniform initial value by a seeded random vector (non-uniform weights)."""
     g = torch.Generator().manual_seed(seed)
@@ -120,9 +123,9 @@ def test_drs_step_is_douglas_rachford():
 
 
 @pytest.mark.parametrize(("fb_preset", "drs_preset", "overrides", "size"), [
-    ("inpaint-wavelet", "inpaint-wavelet-drs", {"physics.keep": 0.3, "model.init_lambda": 0.3}, (27, 37)),
-    ("deblur-wavelet", "deblur-wavelet-drs", {"physics.blur_width": 5, "model.init_lambda": 0.3}, (27, 37)),
-    ("sr2-wavelet", "sr2-wavelet", {"model.init_lambda": 0.3}, (26, 34)),
+    ("inpaint-wavelet", "inpaint-wavelet-drs", {"physics.keep": 0.3, **PAPER_START}, (27, 37)),
+    ("deblur-wavelet", "deblur-wavelet-drs", {"physics.blur_width": 5, **PAPER_START}, (27, 37)),
+    ("sr2-wavelet", "sr2-wavelet", PAPER_START, (26, 34)),
 ], ids=["inpaint", "deblur", "sr2"])
 def test_drs_and_fb_reach_the_same_minimizer(fb_preset, drs_preset, overrides, size):
     """Same objective ½‖Ax − y‖² + ‖θDx‖_{1,2} on the padded domain, same θ: same x̂ (≤ 1e-6, float64,
@@ -141,7 +144,7 @@ def test_drs_and_fb_reach_the_same_minimizer(fb_preset, drs_preset, overrides, s
 def test_drs_and_fb_reach_the_same_minimizer_with_kernels_drawn_per_image():
     """A batch of two images, each blurred by its own Gaussian kernel (drawn from the seed): the exact
     prox of DRS uses each image's kernel."""
-    overrides = {"physics.kernel": "gaussian", "physics.kernel_size": 5, "model.init_lambda": 0.3}
+    overrides = {"physics.kernel": "gaussian", "physics.kernel_size": 5, **PAPER_START}
     fb, drs = scheme_pair("deblur-wavelet", "deblur-wavelet-drs", overrides)
     clean = torch.cat([clean_image(20, 22, seed=0), clean_image(20, 22, seed=1)])
     obs = fb.physics.simulate(clean, seed=0)
@@ -268,7 +271,7 @@ def test_deq_equals_finite_differences_for_drs_denoising():
 @pytest.mark.slow
 def test_deq_equals_finite_differences_for_drs_deblurring():
     """μ = 0 (no known contraction factor): DEQ = FD still holds at the fixed point (about 20 s)."""
-    scheme = perturb(build_scheme(resolve("deblur-wavelet-drs", {"physics.blur_width": 5, "model.init_lambda": 0.3,
+    scheme = perturb(build_scheme(resolve("deblur-wavelet-drs", {"physics.blur_width": 5, **PAPER_START,
                                                                  "model.weights": "bands"})).double())
     g, fd = deq_and_fd(scheme, clean_image(24, 24), K=5)
     assert rel(g, fd) <= 1e-5

@@ -13,6 +13,7 @@ from .common import DEVICE_OPTION, PRESET_HELP, Threads, TrustCode, console, err
 EPILOG = (
     "Examples:  retune train --preset denoise-wavelet-bc --data ~/CBSD68 --out runs/bc   ·   "
     "retune train --K 10 --T 1 --steps 300 --set model.init_lambda=0.1   ·   "
+    "retune train --preset inpaint-wavelet --set model.init=noise   ·   "
     "retune train --resume runs/bc/theta.safetensors --steps 400   ·   "
     'retune train --preset denoise-wavelet-bc --grid "gradient=retune,deq" --out runs/modes'
 )
@@ -106,7 +107,7 @@ def train(
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    fields = "loss {task.fields[loss]:.5f} · PSNR {task.fields[psnr]:.2f} dB · τ {task.fields[tau]:.3g}"
+    fields = "loss {task.fields[loss]:.5f} · PSNR {task.fields[psnr]:.2f} dB · {task.fields[theta]}"
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn(fields), TimeRemainingColumn())
     return Progress(*columns, console=console, disable=quiet)
@@ -128,13 +129,13 @@ def _train_all(runs, device, force: bool, trust_code: bool, val: Path | None = N
                           f"· {'built-in samples' if runs.data is None else runs.data} · {dev}{processes} → {folder}",
                           highlight=False)
             nan = float("nan")
-            task = progress.add_task(name, total=None, loss=nan, psnr=nan, tau=nan)
+            task = progress.add_task(name, total=None, loss=nan, psnr=nan, theta="τ nan")
             try:
                 results.append(run_training(
                     cfg, folder, data=runs.data, device=dev, resume=runs.checkpoint, force=force,
                     on_start=lambda start, total, task=task: progress.update(task, completed=start, total=total),
                     on_step=lambda r, task=task: progress.update(task, completed=r.step, loss=r.loss, psnr=r.psnr,
-                                                                 tau=r.tau),
+                                                                 theta=_theta_text(r)),
                     should_stop=should_stop, group=group, trust_code=trust_code, val=val,
                 ))
             except TrainingDiverged as e:
@@ -142,6 +143,12 @@ def _train_all(runs, device, force: bool, trust_code: bool, val: Path | None = N
                     err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
                 raise typer.Exit(1) from None
     return results if group.is_main else []
+
+
+def _theta_text(report) -> str:
+    """The progress line's parameters: ``τ`` (the step), and PnP's ``σ`` before it."""
+    tau = f"τ {report.tau:.3g}"
+    return tau if report.sigma is None else f"σ {report.sigma:.3g} · {tau}"
 
 
 def _report(runs, results: list) -> None:
@@ -161,14 +168,14 @@ def _report(runs, results: list) -> None:
 
 def _warn_if_unlearned(config, data, result) -> None:
     """A run whose last train PSNR is within 1 dB of its observations' has barely moved θ: say what helps."""
+    from ..advice import unlearned_hint
     from ..validation import NEAR_OBSERVATION_DB, observation_psnr
 
     observed = observation_psnr(config, data, result.steps - 1)
     if result.psnr < observed + NEAR_OBSERVATION_DB:
         err_console.print(
             f"[yellow]warning:[/] train PSNR {result.psnr:.2f} dB is within {NEAR_OBSERVATION_DB:g} dB of the "
-            f"observations' {observed:.2f} dB: θ has barely left its start. Usually helps: more --steps, a larger "
-            "--lr, --crop 256, or a stronger start (--set model.init_lambda=…, --init a trained run).",
+            f"observations' {observed:.2f} dB: θ has barely left its start. {unlearned_hint(config)}",
             highlight=False)
 
 

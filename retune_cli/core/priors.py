@@ -6,11 +6,19 @@
 * θ_BC (``"bands-channels"``): ``Σ_j λ_j Σ_k sqrt(Σ_{b,c} Λ_{b,c} w²)``, groups over (b, c).
 
 Positivity comes from learning ``log λ`` and ``log Λ``. The approximation band is not penalized.
+
+Two starts. The paper's: ``λ_j = init_lambda``, ``Λ = 1``. The noise start (:meth:`WaveletWeights.universal`):
+universal thresholds ``θ_{j,c} = s_c √(2 log n_j)``, ``n_j = n / 4^(j−1)`` the pixels of the image that
+level j (1 = finest) analyses (n those of a training crop), ``s_c`` the noise level of channel c. Why θ is
+the threshold: with ``w = D x``, the scheme minimizes ``½‖A Dᵀw − y‖² + ‖θ w‖_{1,2}``; its per-step prox
+thresholds ``u = θ w`` at τ, i.e. w at τ/θ after a gradient step τ/θ² — and for A = I the fixed point of
+``w ↦ soft_{τ/θ}(w − (τ/θ²)(w − D y))`` is ``soft_θ(D y)`` whatever τ: θ is the effective threshold.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,6 +34,7 @@ class WaveletWeights(nn.Module):
     """
 
     def __init__(self, levels: int, weights: str, channels: int = 3, init_lambda: float = 0.1):
+        """The paper's start: ``λ_j = init_lambda``, ``Λ = 1``."""
         super().__init__()
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
@@ -35,6 +44,26 @@ class WaveletWeights(nn.Module):
         self.log_lambda = nn.Parameter(torch.full((levels,), math.log(init_lambda)))
         shape = (3,) if weights == "bands" else (3, channels)
         self.log_Lambda = nn.Parameter(torch.zeros(shape))
+
+    @classmethod
+    def universal(cls, levels: int, weights: str, noise: Sequence[float], pixels: int) -> WaveletWeights:
+        """The noise start ``θ_{j,b,c} = s_c √(2 log(n / 4^(j−1)))`` (j = 1 finest, n = ``pixels``, s_c =
+        ``noise[c]``): ``λ_j = s̄ √(2 log n_j)`` with ``s̄ = √(mean_c s_c²)``, and ``Λ_{b,c} = (s_c / s̄)²`` for θ_BC;
+        θ_B, one weight for all channels, gets ``Λ_b = 1``, i.e. s̄ in every channel."""
+        s = torch.as_tensor(noise, dtype=torch.float64)
+        if s.dim() != 1 or s.numel() == 0 or not torch.all(s > 0) or not torch.all(torch.isfinite(s)):
+            raise ValueError("the noise levels of a universal threshold must be finite and positive")
+        if pixels < 4 ** levels:
+            raise ValueError(f"{pixels} pixels are too few for {levels} levels")
+        weights_module = cls(levels, weights, channels=s.numel())
+        rms = s.pow(2).mean().sqrt()
+        fine_to_coarse = torch.arange(levels, dtype=torch.float64)
+        universal = torch.sqrt(2 * (math.log(pixels) - fine_to_coarse * math.log(4)))
+        with torch.no_grad():
+            weights_module.log_lambda.copy_(torch.log(rms * universal).flip(0))  # stored coarsest first
+            if weights == "bands-channels":
+                weights_module.log_Lambda.copy_(2 * torch.log(s / rms).expand(3, -1))
+        return weights_module
 
     @property
     def group_dims(self) -> tuple[int, ...]:

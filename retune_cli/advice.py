@@ -1,0 +1,47 @@
+"""What to try when a run diverges or barely learns: flags that apply to its problem and scheme.
+
+A step rule is suggested only where it can matter: the optimal rule ``τ = 2/(μ + L)`` of wavelet
+forward-backward with an injective A other than the identity (for A = I it is already the best safe
+step, and a non-injective A already uses ``safe``).
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .core.operators import PHYSICS
+
+
+def divergence_hint(config: Config) -> str:
+    """``try …``: the changes that usually keep this run's θ finite."""
+    t, m = config.train, config.model
+    hints = [f"a lower --lr (now {t.lr:g}, e.g. {t.lr / 10:g})"]
+    hints.append(f"a smaller --clip-grad-norm (now {t.clip_grad_norm:g})" if t.clip_grad_norm else "--clip-grad-norm")
+    if t.gradient == "unrolled":
+        hints.append(f"--gradient retune (backpropagates K = {t.K} steps, not K·T = {t.K * t.T})")
+    if m.name == "pnp":
+        if t.gradient in ("retune", "unrolled"):
+            hints.append(f"a smaller --K (the denoiser is not known to contract; now {t.K})")
+        if m.learn == "parameters":
+            hints.append(f"a smaller start τ (--set model.init_tau=…, now {m.init_tau:g}; τ < 2/‖A‖² keeps the "
+                         "gradient step non-expansive)")
+    if t.gradient in ("jfb", "deq"):
+        hints.append(f"more restarts to the fixed point (--set train.max_restarts=…, now {t.max_restarts})")
+    if (m.name, m.scheme, m.step_rule) == ("wavelet", "fb", "optimal") and not PHYSICS[config.physics.name].identity:
+        hints.append("--set model.step_rule=safe (τ = 1.95/L)")
+    return "try " + ", ".join(hints)
+
+
+def unlearned_hint(config: Config) -> str:
+    """``Usually helps: …``: the changes that usually move θ further from its start."""
+    t, m = config.train, config.model
+    length = f"more --epochs (now {t.epochs})" if t.epochs else f"more --steps (now {t.steps})"
+    hints = [length, f"a larger --lr (now {t.lr:g})"]
+    if t.crop < 256:
+        hints.append(f"larger crops (--crop 256, now {t.crop})")
+    if m.name == "wavelet" and m.init == "paper" and not t.init:
+        hints.append("the noise start (--set model.init=noise: universal thresholds from physics.sigma)")
+    if m.name == "pnp" and m.learn == "parameters" and not t.init:
+        hints.append(f"another start (--set model.init_sigma=…, now {m.init_sigma:g})")
+    if not t.init:
+        hints.append("--init a trained run")
+    return "Usually helps: " + ", ".join(hints) + "."
