@@ -21,8 +21,8 @@ autograd saved and the peak-RSS growth. ``--quick`` (crop 32, one round): one th
 (10, 10) ReTune cases only. Profiles (one thread, one step, top ops by self CPU): inpainting and deblurring (10, 10),
 before and after. Goals (issue 12; absolute times depend on the machine and its load): (10, 10) with one
 thread, inpainting ≤ 1.3 s, deblurring ≤ 1.8 s, denoising ≤ 0.2 s; before/after ≥ 2 for inpainting and
-deblurring. Also measured, as a proposal outside this part's files: ``AᵀA`` of the blur as deepinv's
-``BlurFFT.A_adjoint_A`` (one FFT pair) against ``A_adjoint(A(x))`` (two), as ``PaddedScheme.normal`` does.
+deblurring. Also measured: ``AᵀA`` of the blur as ``Physics.normal`` computes it (deepinv's
+``BlurFFT.A_adjoint_A``, one FFT pair) against ``A_adjoint(A(x))`` (two FFT pairs).
 
     python bench/bench_steps.py [--rounds 5] [--json PATH] [--quick]
 """
@@ -148,7 +148,7 @@ def profiles(cases: dict, names: list[str], top: int = 12) -> dict:
 
 
 def blur_normal(crop: int, runs: int) -> dict:
-    """The proposal: ``AᵀA x`` of the deblurring physics as one FFT pair against ``A_adjoint(A(x))``."""
+    """``AᵀA x`` of the deblurring physics as one FFT pair (``Physics.normal``) against ``A_adjoint(A(x))``."""
     from retune_cli.config import resolve
     from retune_cli.models import physics_from
 
@@ -183,10 +183,18 @@ def goals(one_thread: dict, before: bool) -> dict:
 
 
 def ratios(timings: dict, keys: list[str]) -> dict:
-    """Before/after per problem and configuration, wall and CPU."""
-    cases = sorted({k.rsplit("/", 1)[0] for k in keys})
-    return {f"{case}: before/after": {c: paired(timings, f"{case}/before", f"{case}/after", c) for c in ("wall", "cpu")}
-            for case in cases}
+    """Before/after per problem and configuration where both were timed, and Anderson/plain restarts
+    (this tree), wall and CPU."""
+    out = {}
+    for case in sorted({k.rsplit("/", 1)[0] for k in keys}):
+        if f"{case}/before" in keys:
+            out[f"{case}: before/after"] = {c: paired(timings, f"{case}/before", f"{case}/after", c)
+                                            for c in ("wall", "cpu")}
+        if case.endswith("_anderson"):
+            plain = case.removesuffix("_anderson")
+            out[f"{case}: anderson/plain"] = {c: paired(timings, f"{case}/after", f"{plain}/after", c)
+                                              for c in ("wall", "cpu")}
+    return out
 
 
 def report(result: dict) -> None:
@@ -218,7 +226,8 @@ def main() -> None:
         print(f"no 'before' implementation ({e}); timing this tree only", file=sys.stderr)
         before = None
     impls = ["after", "before"] if before else ["after"]
-    keys = [f"{p}/{c}/{i}" for p in PROBLEMS for c in CONFIGS for i in impls]
+    keys = [f"{p}/{c}/{i}" for p in PROBLEMS for c in CONFIGS for i in impls
+            if i == "after" or CONFIGS[c][3] == "none"]  # the old scheme mutates its input: no Anderson
     started, result = time.perf_counter(), {"benchmark": "training steps, wavelet schemes (issue 12 part 1)"}
     limit_threads()
     result["machine"] = machine_info(torch.device("cpu"))
@@ -239,7 +248,7 @@ def main() -> None:
             profiled = [k for k in keys if k.split("/")[0] != "denoise" and "/retune_K10_T10/" in k]
             result["profiles"] = profiles(cases, profiled)
     result["goals"] = goals(result["timings"][1], before is not None)
-    result["proposal_blur_normal"] = blur_normal(args.crop, max(args.rounds, 5) * 4)
+    result["blur_normal"] = blur_normal(args.crop, max(args.rounds, 5) * 4)
     result["wall_s"], result["load_average_at_end"] = time.perf_counter() - started, list(os.getloadavg())
     report(result)
     print(f"wrote {write_json(args.json, result)}")

@@ -131,3 +131,33 @@ def test_a_diverging_map_stops_with_a_non_finite_residual():
 
     u, stats = anderson(step, torch.ones(3, dtype=torch.float64), 1e-8, 50)
     assert not math.isfinite(stats.residual) and len(calls) <= 3
+
+
+def test_an_extrapolation_that_maps_to_nan_falls_back_to_the_plain_map():
+    """Every extrapolated point maps to NaN here: the iteration goes back to its last plain map each
+    time and still reaches the fixed point 10 of ``u ↦ 0.9u + 1``."""
+    seen: list[torch.Tensor] = [torch.zeros(3, dtype=torch.float64)]
+
+    def step(u):
+        if not any(torch.equal(u, s) for s in seen):
+            return torch.full_like(u, float("nan"))
+        out = 0.9 * u + 1
+        seen.append(out.clone())
+        return out
+
+    u, stats = anderson(step, seen[0].clone(), 1e-10, 2000)
+    assert math.isfinite(stats.residual) and stats.residual <= 1e-10
+    assert torch.allclose(u, torch.full_like(u, 10.0), rtol=0, atol=1e-8)
+
+
+def test_no_extrapolation_from_rounding_errors():
+    """A map with ω ≈ 0 reaches its fixed point at once; with tol = 0 the iteration keeps mapping until
+    the residual is exactly 0 (or the budget ends) without extrapolating from differences of rounding
+    errors: the iterate stays the fixed point."""
+    target = torch.linspace(-1, 1, 50, dtype=torch.float32)
+
+    def step(u):
+        return target + 1e-9 * torch.sin(1e3 * u)  # a contraction with ω ≈ 1e-6: fixed point ≈ target
+
+    u, stats = anderson(step, torch.zeros(50), 0.0, 200)
+    assert stats.iterations <= 200 and torch.allclose(u, target, rtol=0, atol=1e-6)

@@ -87,7 +87,9 @@ def anderson(step: Callable, u0, tol: float, max_iter: int, memory: int = 5, blo
     Each map ``g_k = g(x_k)`` has the residual ``f_k = g_k − x_k``; the next point is
     ``x_{k+1} = g_k − ΔGᵀγ`` with ``γ = argmin ‖f_k − ΔFᵀγ‖`` over the last ``memory`` differences
     (``f_{i+1} − f_i``, ``g_{i+1} − g_i``; a ridge keeps the normal equations solvable). When the residual
-    grows, the history is dropped and the plain map is taken (``x_{k+1} = g_k``).
+    grows or is at rounding level, the history is dropped and the plain map is taken (``x_{k+1} = g_k``);
+    when an extrapolated point maps to non-finite values, the iteration goes back to the last plain map
+    ``g_{k−1}``. A plain map to non-finite values stops it.
 
     The residual is ``scale·‖f_k‖/‖g_k‖``: with ``g = φ`` one step and ``block = K``, ``scale = Σ_{i<K} ω^i``
     makes it a bound on the restart residual ``‖Φ_K(x) − x‖`` (triangle inequality). Stops when it is ≤
@@ -100,18 +102,24 @@ def anderson(step: Callable, u0, tol: float, max_iter: int, memory: int = 5, blo
     history = _History(x, memory)
     g, f_old, g_old = x, None, None
     residual, previous, done = float("inf"), float("inf"), 0
+    rounding = 16 * scale * torch.finfo(x.dtype).eps
     while done < max_iter * block and residual > tol:
         g = flatten(step(unflatten(x)))[0]
         f = g - x
         residual, done = scale * float(f.norm() / g.norm().clamp_min(1e-300)), done + 1
-        if not math.isfinite(residual):  # diverged: nothing to extrapolate from
-            break
-        if residual > previous:  # safeguard: restart from the plain map
-            history.clear()
-        elif f_old is not None:
-            history.add(f - f_old, g - g_old)
-        previous, f_old, g_old = residual, f, g
-        x = g - history.correction(f, ridge) if history.size else g
+        if not math.isfinite(residual):
+            if not history.size:  # a plain map diverged: so does the iteration
+                break
+            history.clear()  # the extrapolation overshot: resume from the last plain map
+            g = x = g_old
+            f_old, previous, residual = None, float("inf"), float("inf")
+        else:
+            if residual > previous or residual <= rounding:  # safeguard; or differences of rounding errors
+                history.clear()
+            elif f_old is not None:
+                history.add(f - f_old, g - g_old)
+            previous, f_old, g_old = residual, f, g
+            x = g - history.correction(f, ridge) if history.size else g
         if on_block is not None and done % block == 0:
             on_block(done // block)
     return unflatten(g), FixedPointStats(-(-done // block), residual)
