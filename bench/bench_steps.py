@@ -227,7 +227,7 @@ def main() -> None:
         before = None
     impls = ["after", "before"] if before else ["after"]
     keys = [f"{p}/{c}/{i}" for p in PROBLEMS for c in CONFIGS for i in impls
-            if i == "after" or CONFIGS[c][3] == "none"]  # the old scheme mutates its input: no Anderson
+            if i == "after" or CONFIGS[c][3] == "none"]  # Anderson: this tree only
     started, result = time.perf_counter(), {"benchmark": "training steps, wavelet schemes (issue 12 part 1)"}
     limit_threads()
     result["machine"] = machine_info(torch.device("cpu"))
