@@ -114,14 +114,38 @@ def plot_theta(path: Path, theta, curves: Mapping[str, tuple[Sequence[float], Se
         ax.set_title(f"θ, channel {channels[c]}" if n > 1 else "θ (all channels)")
         fig.colorbar(image, ax=ax)
     if curves:
-        ax = axes[n]
-        for i, (label, (x, y)) in enumerate(curves.items()):
-            _psnr_series(ax, x, y, label, f"C{i}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _psnr_panel(axes[n], curves)
     _save(fig, path)
+
+
+def plot_parameters(path: Path, parameters: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+    """``retune show --plot`` for scalar parameters (PnP's σ and τ): each against the steps (log scale),
+    then the PSNR curves (label → ``(steps, psnr)``) when there are any."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = len(parameters) + bool(curves)
+    fig, axes = _figure(panels)
+    axes = [axes] if panels == 1 else axes[0]
+    for i, (ax, (name, (x, y))) in enumerate(zip(axes, parameters.items())):
+        ax.plot(x, y, ".-", color=f"C{i + 2}", markersize=3, linewidth=1)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, which="both")
+    if curves:
+        _psnr_panel(axes[len(parameters)], curves)
+    _save(fig, path)
+
+
+def _psnr_panel(ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        _psnr_series(ax, x, y, label, f"C{i}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def plot_side_by_side(path: Path, panels: Mapping[str, tuple[object, str]]) -> None:

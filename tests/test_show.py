@@ -62,8 +62,20 @@ def test_show_pnp_gives_sigma_and_tau(tmp_path):
     assert math.isclose(float(rows["σ"]), config.model.init_sigma, rel_tol=1e-3)
     assert math.isclose(float(rows["τ"]), config.model.init_tau, rel_tol=1e-3)
     bad = invoke(path, "--plot", tmp_path / "x.png")
-    assert bad.exit_code == 2 and "learned σ, τ" in bad.output and len(bad.output.strip().splitlines()) == 1
-    assert not (tmp_path / "x.png").exists()
+    assert bad.exit_code == 2 and "learned σ, τ" in bad.output and "no log.csv" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_show_plot_pnp_draws_sigma_and_tau_against_the_steps(image_folder, tmp_path):
+    """A PnP run logs σ and τ per step; show --plot draws them (and the PSNR curve)."""
+    overrides = {"train.steps": 3, "train.crop": 32, "train.K": 1, "train.T": 1, "train.batch_size": 1}
+    retune_cli.fit("inpaint-pnp", image_folder, out=tmp_path / "pnp", overrides=overrides)
+    path = tmp_path / "pnp" / "theta.safetensors"
+    summary = summarize(path)
+    assert [float(r["sigma"]) > 0 for r in summary.log] == [True] * 3  # σ logged at every step
+    result = invoke(path, "--plot", tmp_path / "pnp.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pnp.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_show_refuses_bad_input_in_one_line(trained_run, tmp_path):

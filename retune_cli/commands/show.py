@@ -18,25 +18,24 @@ EPILOG = (
 def show(
     checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train.")],
     plot: Annotated[
-        Path | None, typer.Option(help="Draw θ as heat maps (scale × band, per channel) beside the PSNR curves.")
+        Path | None, typer.Option(help="Draw θ as heat maps (scale × band, per channel), or PnP's σ and τ against "
+                                       "the steps, beside the PSNR curves.")
     ] = None,
     trust_code: TrustCode = False,
     threads: Threads = None,
 ) -> None:
     """Show what a checkpoint learned: λ_j, Λ_b, θ per scale × band (× channel) or PnP σ, τ; preset, K, T, step."""
     with user_errors():
-        from ..errors import InputError
         from ..files import check_outputs
         from ..summary import summarize
 
         check_outputs((("--plot", plot),), (("the checkpoint", checkpoint),))
         set_threads(threads)
         summary = summarize(checkpoint, trust_code)
-        if plot is not None and summary.theta is None:
-            raise InputError(f"--plot draws wavelet weights θ; {checkpoint} learned {', '.join(summary.values)}")
+        figure = _figure_data(summary) if plot is not None else None  # refused before any output
         _render(summary)
         if plot is not None:
-            _plot(summary, plot)
+            _plot(summary, *figure, plot)
             console.print(f"θ and PSNR curves → {plot}", highlight=False)
 
 
@@ -74,13 +73,35 @@ def _render(summary) -> None:
     console.print(table)
 
 
-def _plot(summary, path: Path) -> None:
-    from ..plots import plot_theta
+def _series(summary, key: str) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of one log.csv column (rows where it is empty left out)."""
+    rows = [r for r in summary.log if r.get(key) not in (None, "")]
+    return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def _figure_data(summary) -> tuple[dict, dict]:
+    """``(parameters, curves)`` to draw: PnP's σ, τ against the steps (none for wavelets, whose θ is drawn
+    as heat maps) and the PSNR curves; a PnP checkpoint without a log has nothing to draw."""
+    from ..errors import InputError
+
+    curves = {label: _series(summary, key) for key, label in (("psnr", "train PSNR"), ("val_psnr", "validation PSNR"))}
+    curves = {label: series for label, series in curves.items() if series[0]}
+    if summary.theta is not None:
+        return {}, curves
+    parameters = {f"{name} (learned)": _series(summary, key) for key, name in (("sigma", "σ"), ("tau", "τ"))}
+    parameters = {name: series for name, series in parameters.items() if series[0]}
+    if not parameters and not curves:
+        raise InputError(f"--plot: {summary.path} learned {', '.join(summary.values)} and has no log.csv beside it "
+                         "to draw them against the steps")
+    return parameters, curves
+
+
+def _plot(summary, parameters: dict, curves: dict, path: Path) -> None:
+    """θ heat maps (wavelets) or σ, τ against the steps (PnP), beside the PSNR curves."""
+    from ..plots import plot_parameters, plot_theta
     from ..summary import CHANNELS
 
-    curves = {}
-    for key, label in (("psnr", "train PSNR"), ("val_psnr", "validation PSNR")):
-        rows = [r for r in summary.log if r.get(key) not in (None, "")]
-        if rows:
-            curves[label] = ([int(r["step"]) for r in rows], [float(r[key]) for r in rows])
-    plot_theta(path, summary.theta, curves, CHANNELS)
+    if summary.theta is not None:
+        plot_theta(path, summary.theta, curves, CHANNELS)
+    else:
+        plot_parameters(path, parameters, curves)
