@@ -7,8 +7,13 @@ step, and a non-injective A already uses ``safe``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import Config
 from .core.operators import PHYSICS
+from .data import Images
+
+NEAR_OBSERVATION_DB = 1.0  # a run ending this close to its observations' PSNR has barely learned
 
 
 def divergence_hint(config: Config) -> str:
@@ -45,3 +50,15 @@ def unlearned_hint(config: Config) -> str:
     if not t.init:
         hints.append("--init a trained run")
     return "Usually helps: " + ", ".join(hints) + "."
+
+
+def unlearned_warning(config: Config, data: Path | Images | None, steps: int, psnr: float) -> str | None:
+    """The warning for a run whose last train PSNR is within :data:`NEAR_OBSERVATION_DB` of its
+    observations' on the same batch (θ has barely left its start), or None."""
+    from .validation import observation_psnr
+
+    observed = observation_psnr(config, data, steps - 1)
+    if psnr >= observed + NEAR_OBSERVATION_DB:
+        return None
+    return (f"train PSNR {psnr:.2f} dB is within {NEAR_OBSERVATION_DB:g} dB of the observations' {observed:.2f} dB: "
+            f"θ has barely left its start. {unlearned_hint(config)}")

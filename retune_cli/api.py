@@ -12,6 +12,7 @@ restore``), :func:`~.train.train` (``retune train``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from deepinv.models import Reconstructor
 from torch import nn
 
+from .advice import unlearned_warning
 from .config import Config, resolve, with_overrides
 from .core.physics import Observation, Params
 from .data import Images, TensorImages
@@ -101,6 +103,7 @@ def fit(
     (``{"train.steps": 20}``); ``data``: None (the built-in samples), a folder, or images in memory —
     a tensor ``(N, C, H, W)``, a list of ``(C, H, W)`` tensors or any torch ``Dataset`` of them (items
     may be ``(image, …)`` tuples). The run folder ``out`` holds the checkpoint, log.csv and psnr.png.
+    A run that ends within 1 dB of its observations' PSNR warns (``UserWarning``) with what usually helps.
     """
     if isinstance(config, str):
         config = resolve(config, overrides)
@@ -110,4 +113,7 @@ def fit(
         data = TensorImages(data)
     folder = Path(data) if isinstance(data, str) else data
     result = train(config, Path(out), folder, device, force=force, on_step=on_step)
+    warning = unlearned_warning(config, folder, result.steps, result.psnr)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     return load(result.checkpoint, device)

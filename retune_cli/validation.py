@@ -17,7 +17,7 @@ import torch
 from .config import Config
 from .core.hypergrad import restore
 from .core.physics import Observation
-from .data import ImageFolder, derive_seed, training_batch
+from .data import ImageFolder, Images, derive_seed, training_batch
 from .errors import InputError
 from .models import physics_from
 from .restore import restart_budget
@@ -57,16 +57,14 @@ class Validation:
         return sum(scores) / len(scores)
 
 
-NEAR_OBSERVATION_DB = 1.0  # a run ending closer than this to the observations' PSNR has barely learned
-
-
 @torch.no_grad()
-def observation_psnr(config: Config, data: Path | None, step: int) -> float:
+def observation_psnr(config: Config, data: Path | Images | None, step: int) -> float:
     """Mean PSNR of the observations' baseline (eval's observation column) on training step ``step``'s
     batch (0-based, the same crops and noise): what a θ that does nothing would score."""
     from deepinv.loss.metric import PSNR
 
     t, physics = config.train, physics_from(config)
-    batch = training_batch(ImageFolder.open(data), step, t.batch_size, t.crop, t.seed)
+    images = data if isinstance(data, Images) else ImageFolder.open(data)
+    batch = training_batch(images, step, t.batch_size, t.crop, t.seed)
     obs = physics.simulate(batch, derive_seed(t.seed, "noise", step))
     return float(PSNR(max_pixel=1.0)(physics.baseline(obs), batch).mean())

@@ -61,14 +61,22 @@ def test_moving_average_is_a_trailing_mean():
 
 
 def test_a_run_that_barely_learned_is_warned_about(image_folder, tmp_path, monkeypatch):
-    from retune_cli import validation
+    from retune_cli import advice
 
     args = ["train", "--steps", 2, *TINY, "--data", image_folder]
     warned = invoke(*args, "--out", tmp_path / "a")
     assert warned.exit_code == 0 and "warning: train PSNR" in warned.output and "--steps" in warned.output
-    monkeypatch.setattr(validation, "NEAR_OBSERVATION_DB", -100.0)
+    monkeypatch.setattr(advice, "NEAR_OBSERVATION_DB", -100.0)
     quiet = invoke(*args, "--out", tmp_path / "b")
     assert quiet.exit_code == 0 and "warning" not in quiet.output
+
+
+def test_fit_warns_about_a_run_that_barely_learned(image_folder, tmp_path):
+    import retune_cli
+
+    overrides = {"train.steps": 2, "train.crop": 32, "train.batch_size": 2, "train.K": 1, "train.T": 1}
+    with pytest.warns(UserWarning, match="barely left its start"):
+        retune_cli.fit("denoise-wavelet-b", image_folder, out=tmp_path / "a", overrides=overrides)
 
 
 def test_observation_psnr_is_the_batch_baseline(image_folder):

@@ -167,16 +167,12 @@ def _report(runs, results: list) -> None:
 
 
 def _warn_if_unlearned(config, data, result) -> None:
-    """A run whose last train PSNR is within 1 dB of its observations' has barely moved θ: say what helps."""
-    from ..advice import unlearned_hint
-    from ..validation import NEAR_OBSERVATION_DB, observation_psnr
+    """A run that has barely moved θ: say what helps."""
+    from ..advice import unlearned_warning
 
-    observed = observation_psnr(config, data, result.steps - 1)
-    if result.psnr < observed + NEAR_OBSERVATION_DB:
-        err_console.print(
-            f"[yellow]warning:[/] train PSNR {result.psnr:.2f} dB is within {NEAR_OBSERVATION_DB:g} dB of the "
-            f"observations' {observed:.2f} dB: θ has barely left its start. {unlearned_hint(config)}",
-            highlight=False)
+    warning = unlearned_warning(config, data, result.steps, result.psnr)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _total_steps(steps: int | None, more_steps: int | None, resume: Path | None, trust_code: bool) -> int | None:
