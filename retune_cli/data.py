@@ -133,6 +133,11 @@ class TensorImages(Images):
         return item.detach().to("cpu", torch.float32).expand(3, -1, -1)
 
 
+def open_images(data: Path | Images | None) -> Images:
+    """Images in memory as they are; otherwise the folder ``data`` (the built-in samples when None)."""
+    return data if isinstance(data, Images) else ImageFolder.open(data)
+
+
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return math.ceil(n_images / batch_size)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .config import Config, PhysicsConfig
 from .core.operators import PHYSICS
-from .models import CHANNELS
+from .models import per_channel
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,7 @@ class Degradation:
 def degradation_key(physics: PhysicsConfig) -> tuple:
     """What makes observations comparable: the physics, the options its class takes, σ per channel."""
     options = PHYSICS[physics.name].options
-    sigma = tuple(physics.sigma) * (CHANNELS if len(physics.sigma) == 1 else 1)
-    return physics.name, tuple((k, getattr(physics, k)) for k in options), sigma
+    return physics.name, tuple((k, getattr(physics, k)) for k in options), per_channel(physics.sigma)
 
 
 def degradation_name(physics: PhysicsConfig) -> str:

@@ -78,10 +78,9 @@ def write_csv(results: list[EvalResult], path: Path) -> None:
     is not UTF-8 keeps its bytes)."""
     labels = [label for r in results for label in r.labels]
     header = ["image"] + [f"{m}:{c}" for m in METRICS for c in (OBSERVATION, *labels)]
-    rows = [row for r in results for row in r.csv_rows(labels)]
-    if len(results) > 1:
-        header = ["group", *header]
-        rows = [[r.group, *row] for r in results for row in r.csv_rows(labels)]
+    grouped = len(results) > 1
+    header = ["group", *header] if grouped else header
+    rows = [[r.group, *row] if grouped else row for r in results for row in r.csv_rows(labels)]
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:

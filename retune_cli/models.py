@@ -33,6 +33,12 @@ def physics_from(config: Config) -> Physics:
     return build_physics(options.pop("name"), options.pop("sigma"), **options)
 
 
+def per_channel(sigma) -> tuple[float, ...]:
+    """Noise levels per channel: one value stands for :data:`CHANNELS` equal ones."""
+    sigma = tuple(sigma)
+    return sigma * CHANNELS if len(sigma) == 1 else sigma
+
+
 def prior_noise(config: Config, physics: Physics) -> list[float]:
     """The noise level per channel that the noise start's thresholds use: ``s_c = √h · max(σ_c, q)``.
 
@@ -51,8 +57,7 @@ def prior_noise(config: Config, physics: Physics) -> list[float]:
     if not curvature > 0:
         raise InputError(f"model.init noise: physics {config.physics.name} maps every image to 0; "
                          "use model.init=paper")
-    sigma = config.physics.sigma * (CHANNELS if len(config.physics.sigma) == 1 else 1)
-    return [math.sqrt(curvature) * max(s, QUANTIZATION_NOISE) for s in sigma]
+    return [math.sqrt(curvature) * max(s, QUANTIZATION_NOISE) for s in per_channel(config.physics.sigma)]
 
 
 def _wavelet_parts(config: Config, physics: Physics):

@@ -29,8 +29,7 @@ from .core.physics import ChannelGaussianNoise
 from .core.priors import WaveletWeights
 from .core.schemes import PnPParameters
 from .errors import InputError
-
-CHANNELS = 3  # images are read as RGB
+from .models import CHANNELS, per_channel
 
 
 def parse_sigma(text: str, flag: str = "--sigma") -> tuple[float, ...]:
@@ -62,10 +61,6 @@ def _numbers(values: Sequence[float]) -> str:
 
 def _rms(values: tuple[float, ...]) -> float:
     return math.sqrt(sum(v * v for v in values) / len(values))
-
-
-def _per_channel(values: tuple[float, ...]) -> tuple[float, ...]:
-    return values * CHANNELS if len(values) == 1 else values
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class ChannelScaledWeights(nn.Module):
 def rescale(scheme: nn.Module, trained: Sequence[float], sigma: float | Sequence[float], source: str) -> NoiseScaling:
     """Move ``scheme`` (θ loaded, trained at noise ``trained``) in place to noise ``sigma`` (see the
     module docstring); refuse a channel trained without noise, whose thresholds have no scale."""
-    trained, given = _per_channel(tuple(trained)), _per_channel(check_sigma(sigma))
+    trained, given = per_channel(trained), per_channel(check_sigma(sigma))
     if not all(s > 0 for s in trained):
         raise InputError(f"--sigma: {source} was trained without noise on some channel (physics.sigma "
                          f"{_numbers(trained)}), so its thresholds have no noise scale")

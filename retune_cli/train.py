@@ -23,7 +23,7 @@ from .config import Config
 from .core.hypergrad import Solution, SolveOptions, solve
 from .core.implicit import gradient_check
 from .core.physics import Observation
-from .data import ImageFolder, Images, derive_seed, steps_per_epoch, training_batch
+from .data import ImageFolder, Images, derive_seed, open_images, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
 from .models import build_scheme, denoiser_sigma, physics_from, solve_options, trainable
@@ -247,7 +247,7 @@ def train(
     ``data``: a folder, the built-in samples (None) or in-memory :class:`Images` (a checkpoint then records no
     folder). ``val``: a folder of clean validation images (:mod:`.validation`).
     """
-    images = data if isinstance(data, Images) else ImageFolder.open(data)
+    images = open_images(data)
     data = None if isinstance(data, Images) else data
     validation = Validation.open(val, config, physics_from(config), device) if val and group.is_main else None
     state = new_state(config, device, resume, trust_code)

@@ -17,7 +17,7 @@ import torch
 from .config import Config
 from .core.hypergrad import restore
 from .core.physics import Observation
-from .data import ImageFolder, Images, derive_seed, training_batch
+from .data import ImageFolder, Images, derive_seed, open_images, training_batch
 from .errors import InputError
 from .models import physics_from
 from .restore import restart_budget
@@ -64,7 +64,6 @@ def observation_psnr(config: Config, data: Path | Images | None, step: int) -> f
     from deepinv.loss.metric import PSNR
 
     t, physics = config.train, physics_from(config)
-    images = data if isinstance(data, Images) else ImageFolder.open(data)
-    batch = training_batch(images, step, t.batch_size, t.crop, t.seed)
+    batch = training_batch(open_images(data), step, t.batch_size, t.crop, t.seed)
     obs = physics.simulate(batch, derive_seed(t.seed, "noise", step))
     return float(PSNR(max_pixel=1.0)(physics.baseline(obs), batch).mean())

@@ -95,7 +95,7 @@ def restarts(scheme: Scheme, ctx, u0, K: int, tol: float, max_restarts: int, acc
     steps counted as restarts; the residual is the bound ``Σ_{i<K} ω^i ‖φ(x) − x‖/‖φ(x)‖ ≥ ‖Φ_K(x) − x‖/…``
     (``K‖φ(x) − x‖/…`` when ω is unknown or 1)."""
     if accelerate == "anderson":
-        omega = float(torch.as_tensor(scheme.contraction(ctx)).detach())
+        omega = float(scheme.contraction(ctx).detach())
         scale = (1 - omega**K) / (1 - omega) if 0 <= omega < 1 else float(K)
         return anderson(partial(scheme.step, ctx=ctx), u0, tol, max_restarts, block=K, scale=scale,
                         on_block=on_restart)

@@ -81,15 +81,17 @@ class PaddedScheme(Scheme):
         """``Aᵀ y`` on the padded domain: reflect-padded ``y`` when ``A = I``; otherwise zero on the padding."""
         if self.physics.identity:
             return pad_to_multiple(y, self.multiple)
-        x = self.physics.A_adjoint(y, params)
-        return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
+        return self._zero_pad(self.physics.A_adjoint(y, params))
 
     def normal(self, x: torch.Tensor, size: tuple[int, int], params: Params) -> torch.Tensor:
         """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``); ``size`` is the image's (H, W)."""
         if self.physics.identity:
             return x
         h, w = size
-        x = self.physics.normal(x[..., :h, :w], params)
+        return self._zero_pad(self.physics.normal(x[..., :h, :w], params))
+
+    def _zero_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the padded domain: zeros on the bottom/right padding (unobserved pixels)."""
         return F.pad(x, (0, -x.shape[-1] % self.multiple, 0, -x.shape[-2] % self.multiple))
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau, size: tuple[int, int], params: Params) -> torch.Tensor:
