@@ -18,12 +18,15 @@ NEAR_OBSERVATION_DB = 1.0  # a run ending this close to its observations' PSNR h
 
 def divergence_hint(config: Config) -> str:
     """``try …``: the changes that usually keep this run's θ finite."""
+    from .components import composed_class, prior_class
+
     t, m = config.train, config.model
+    prior = prior_class(m.prior)
     hints = [f"a lower --lr (now {t.lr:g}, e.g. {t.lr / 10:g})"]
     hints.append(f"a smaller --clip-grad-norm (now {t.clip_grad_norm:g})" if t.clip_grad_norm else "--clip-grad-norm")
     if t.gradient == "unrolled":
         hints.append(f"--gradient retune (backpropagates K = {t.K} steps, not K·T = {t.K * t.T})")
-    if m.name == "pnp":
+    if prior.learns_step:
         if t.gradient in ("retune", "unrolled"):
             hints.append(f"a smaller --K (the denoiser is not known to contract; now {t.K})")
         if m.learn == "parameters":
@@ -31,21 +34,25 @@ def divergence_hint(config: Config) -> str:
                          "gradient step non-expansive)")
     if t.gradient in ("jfb", "deq"):
         hints.append(f"more restarts to the fixed point (--set train.max_restarts=…, now {t.max_restarts})")
-    if (m.name, m.scheme, m.step_rule) == ("wavelet", "fb", "optimal") and not PHYSICS[config.physics.name].identity:
+    step_rule = "step_rule" in composed_class(m.scheme, m.prior).options and not prior.learns_step
+    if step_rule and m.step_rule == "optimal" and not PHYSICS[config.physics.name].identity:
         hints.append("--set model.step_rule=safe (τ = 1.95/L)")
     return "try " + ", ".join(hints)
 
 
 def unlearned_hint(config: Config) -> str:
     """``Usually helps: …``: the changes that usually move θ further from its start."""
+    from .components import prior_class
+
     t, m = config.train, config.model
+    prior = prior_class(m.prior)
     length = f"more --epochs (now {t.epochs})" if t.epochs else f"more --steps (now {t.steps})"
     hints = [length, f"a larger --lr (now {t.lr:g})"]
     if t.crop < 256:
         hints.append(f"larger crops (--crop 256, now {t.crop})")
-    if m.name == "wavelet" and m.init == "paper" and not t.init:
-        hints.append("the noise start (--set model.init=noise: universal thresholds from physics.sigma)")
-    if m.name == "pnp" and m.learn == "parameters" and not t.init:
+    if "noise start" in prior.capabilities() and m.init == "paper" and not t.init:
+        hints.append("the noise start (--set model.init=noise: θ from physics.sigma)")
+    if prior.learns_step and m.learn == "parameters" and not t.init:
         hints.append(f"another start (--set model.init_sigma=…, now {m.init_sigma:g})")
     if not t.init:
         hints.append("--init a trained run")

@@ -96,6 +96,7 @@ def fit(
     device: torch.device | str = "cpu",
     force: bool = False,
     on_step: Callable[[StepReport], None] | None = None,
+    trust_code: bool = False,
 ) -> Restorer:
     """Train θ as ``retune train`` does and return the trained :class:`Restorer`.
 
@@ -104,16 +105,17 @@ def fit(
     a tensor ``(N, C, H, W)``, a list of ``(C, H, W)`` tensors or any torch ``Dataset`` of them (items
     may be ``(image, …)`` tuples). The run folder ``out`` holds the checkpoint, log.csv and psnr.png.
     A run that ends within 1 dB of its observations' PSNR warns (``UserWarning``) with what usually helps.
+    ``trust_code``: a config file's ``plugins`` and a ``train.init`` checkpoint's may run their code.
     """
     if isinstance(config, str):
-        config = resolve(config, overrides)
+        config = resolve(config, overrides, trust_code)
     elif overrides:
         config = with_overrides(config, overrides, "overrides")
     if data is not None and not isinstance(data, (str, Path, Images)):
         data = TensorImages(data)
     folder = Path(data) if isinstance(data, str) else data
-    result = train(config, Path(out), folder, device, force=force, on_step=on_step)
+    result = train(config, Path(out), folder, device, force=force, on_step=on_step, trust_code=trust_code)
     warning = unlearned_warning(config, folder, result.steps, result.psnr)
     if warning:
         warnings.warn(warning, stacklevel=2)
-    return load(result.checkpoint, device)
+    return load(result.checkpoint, device, trust_code=True)  # the code this call ran already

@@ -114,21 +114,28 @@ def load(path: Path | str, trust_code: bool = False) -> Checkpoint:
     return Checkpoint(path, config, parameters, optimizer, step, psnr, text_path(metadata.get("data", "")))
 
 
+def checkpoint_tensors(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of θ by checkpoint name: ``theta.<name>``, and the prior's network weights as
+    ``<network>.<name>`` (``denoiser.…``)."""
+    from .models import checkpoint_name
+
+    return {checkpoint_name(scheme, f"theta.{k}"): v for k, v in scheme.theta.state_dict().items()}
+
+
 def learned_parameters(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores: ``theta.<name>`` always, and ``denoiser.<name>`` when the
-    scheme's denoiser is being learned."""
-    out = {f"theta.{k}": v for k, v in scheme.theta.state_dict().items()}
-    denoiser = getattr(scheme, "denoiser", None)
-    if denoiser is not None and any(p.requires_grad for p in denoiser.parameters()):
-        out |= {f"denoiser.{k}": v for k, v in denoiser.state_dict().items()}
-    return out
+    """The tensors a checkpoint stores: ``theta.<name>`` always, and the network's (``denoiser.<name>``)
+    when it is being learned."""
+    network = getattr(scheme.theta, "network", None)
+    learned = network is not None and any(p.requires_grad for p in getattr(scheme.theta, network).parameters())
+    return {k: v for k, v in checkpoint_tensors(scheme).items() if learned or not k.startswith(f"{network}.")}
 
 
 def _copy_into(scheme: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    for prefix in ("theta", "denoiser"):
-        part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        if part:
-            getattr(scheme, prefix).load_state_dict(part)
+    """Copy checkpoint tensors (names checked by the caller) into θ."""
+    own = checkpoint_tensors(scheme)
+    with torch.no_grad():
+        for name, value in tensors.items():
+            own[name].copy_(value)
 
 
 def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
@@ -154,11 +161,11 @@ def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
 
 def load_init(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """Start ``scheme`` from another run's θ (and denoiser weights, when it carries them)."""
-    own = {k: v.shape for k, v in scheme.state_dict().items()}
-    tensors = {k: v for k, v in checkpoint.parameters.items() if k.startswith(("theta.", "denoiser."))}
+    own = {k: v.shape for k, v in checkpoint_tensors(scheme).items()}
+    tensors = checkpoint.parameters
     if not tensors.keys() <= own.keys() or any(own[k] != v.shape for k, v in tensors.items()):
         raise InputError(
-            f"--init {checkpoint.path}: its tensors do not fit this model ({checkpoint.config.model.name})"
+            f"--init {checkpoint.path}: its tensors do not fit this model ({checkpoint.config.model.prior})"
         )
     _check_finite(tensors, f"--init {checkpoint.path}")
     _copy_into(scheme, tensors)

@@ -46,16 +46,17 @@ def _validate_physics(config: Config) -> None:
 
 
 def _validate_model(config: Config) -> None:
-    from .models import SCHEMES
+    from .components import composed_class, prior_class
 
     m, p = config.model, config.physics
-    _choice(m.name, {name for name, _ in SCHEMES}, "model.name")
-    schemes = [scheme for name, scheme in SCHEMES if name == m.name]
-    _choice(m.scheme, schemes, f"model.scheme (for model.name {m.name})")
+    try:
+        prior, scheme = prior_class(m.prior), composed_class(m.scheme, m.prior, p.name)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     _choice(m.weights, WEIGHTS, "model.weights")
     _choice(m.step_rule, STEP_RULES, "model.step_rule")
     _check(
-        m.step_rule == "safe" or PHYSICS[p.name].injective or (m.name, m.scheme) != ("wavelet", "fb"),
+        m.step_rule == "safe" or PHYSICS[p.name].injective or "step_rule" not in scheme.options or prior.learns_step,
         f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
     )
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
@@ -63,7 +64,8 @@ def _validate_model(config: Config) -> None:
     _check(m.init_lambda > 0, "model.init_lambda must be positive")
     _choice(m.learn, LEARN, "model.learn")
     _check(m.init_sigma > 0 and m.init_tau > 0, "model.init_sigma and model.init_tau must be positive")
-    _check(m.name == "pnp" or m.learn == "parameters", "model.learn=denoiser needs model.name=pnp")
+    _check(prior.network is not None or m.learn == "parameters",
+           f"model.learn=denoiser needs a prior with a network (model.prior pnp), not {m.prior}")
     try:
         import pywt
 
@@ -113,9 +115,11 @@ def validate(config: Config) -> None:
 def check_overrides(config: Config, overrides: dict[str, object]) -> None:
     """An override that the resolved config would ignore is refused: ``model.init_lambda`` sets the
     paper's start only, not the noise start of a wavelet model."""
+    from .components import prior_class
+
     m = config.model
     _check(
-        "model.init_lambda" not in overrides or m.name != "wavelet" or m.init == "paper",
+        "model.init_lambda" not in overrides or "init_lambda" not in prior_class(m.prior).options or m.init == "paper",
         "model.init_lambda sets the paper's start, and model.init is noise (θ from physics.sigma); "
         "add --set model.init=paper to use it",
     )

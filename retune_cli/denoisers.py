@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .core.denoiser_prior import DenoiserPrior
+from .core.prior import register_prior
 from .errors import InputError
 from .files import input_file, read_safetensors, reason
 
@@ -91,3 +93,14 @@ def load_denoiser(spec: str) -> torch.nn.Module:
     else:
         model = _from_file(builtin_weights() if spec == BUILTIN else Path(spec).expanduser())
     return model.eval()
+
+
+@register_prior
+class PlugAndPlay(DenoiserPrior):
+    """``model.prior: pnp``: :class:`~.core.denoiser_prior.DenoiserPrior` with the network named by
+    ``model.denoiser`` (:func:`load_denoiser`)."""
+
+    @classmethod
+    def build(cls, options: dict[str, object], channels: int) -> PlugAndPlay:
+        options = dict(options)
+        return cls(load_denoiser(str(options.pop("denoiser"))), **options)

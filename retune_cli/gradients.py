@@ -25,6 +25,7 @@ from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, restarts, so
 from .core.memory import saved_tensor_bytes
 from .core.pytree import leaves, norm
 from .data import sample_dir
+from .core.schemes import NoValidStep
 from .errors import InputError
 from .files import write_text
 from .images import read_image
@@ -108,8 +109,10 @@ def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtyp
         obs = scheme.physics.simulate(clean, seed)
         try:
             ctx = scheme.prepare(obs)
-        except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
+        except NoValidStep as e:  # θ so extreme that no valid step exists
             raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
+        except ValueError as e:  # what the physics or prior refuses
+            raise InputError(f"{source}: {e}") from None
         u0 = scheme.init(ctx)
         u_hat, stats = restarts(scheme, ctx, u0, K, _fixed_point_tol(dtype), 100000, "anderson")
         if not all(bool(torch.all(torch.isfinite(leaf))) for leaf in leaves(u_hat)):

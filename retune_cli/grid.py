@@ -82,7 +82,7 @@ def plan(preset: str | None, overrides: dict, out: Path | None, data: Path | Non
         config = for_resume(checkpoint.config, overrides, str(resume))
         out, data = out or resume.parent, data or checkpoint.data
     else:
-        config = resolve(preset or DEFAULT_PRESET, overrides)
+        config = resolve(preset or DEFAULT_PRESET, overrides, trust_code)
         out = out or default_folder(config.preset)
     if grid is None:
         return TrainPlan(config, checkpoint, data, [(config.preset, config, out)], None)

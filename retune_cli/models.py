@@ -1,25 +1,25 @@
-"""Config → engine objects: the physics, the scheme whose parameters are θ, the solve options.
+"""Config → engine objects: the physics, the prior whose parameters are θ, the scheme composing them,
+the solve options.
 
-Schemes are registered by ``(model.name, model.scheme)`` (:data:`SCHEMES`), physics by ``physics.name``
-(:data:`~.core.operators.PHYSICS`), gradient modes by ``train.gradient``
-(:data:`~.core.hypergrad.GRADIENT_MODES`): adding one is a class and a registry entry.
+Physics, priors and schemes are looked up by name in their registries (:mod:`.components`), gradient
+modes by ``train.gradient`` (:data:`~.core.hypergrad.GRADIENT_MODES`): adding one is a class and a
+registry entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import torch
 
-from .config import Config, TrainConfig
+from .components import composed_class, physics_class, prior_class
+from .config import Config, ModelConfig, TrainConfig
 from .core.hypergrad import SolveOptions
 from .core.operators import build_physics
 from .core.physics import Physics
+from .core.prior import Prior
 from .core.scheme import Scheme
-from .core.schemes import PnPFB, PnPParameters, WaveletFB
-from .core.splitting import PnPHQS, WaveletDRS
 from .data import derive_seed
 from .errors import InputError
 
@@ -30,6 +30,8 @@ QUANTIZATION_NOISE = 1 / (255 * math.sqrt(12))  # std of rounding to 8 bits: the
 def physics_from(config: Config) -> Physics:
     """The degradation of ``config.physics`` (the registry picks the options its class takes)."""
     options = dataclasses.asdict(config.physics)
+    options |= options.pop("options")  # a plugin physics' declared options
+    physics_class(options["name"])  # the built-in and plugin physics registered, or a ValueError naming them
     return build_physics(options.pop("name"), options.pop("sigma"), **options)
 
 
@@ -60,54 +62,31 @@ def prior_noise(config: Config, physics: Physics) -> list[float]:
     return [math.sqrt(curvature) * max(s, QUANTIZATION_NOISE) for s in per_channel(config.physics.sigma)]
 
 
-def _wavelet_parts(config: Config, physics: Physics):
-    from .core.priors import WaveletWeights
-    from .core.wavelets import WaveletTransform
+def component_options(model: ModelConfig, component: type) -> dict[str, object]:
+    """The options a prior or scheme class declares, with the config's values (a field of
+    :class:`ModelConfig`, else ``model.options``, else the component's default)."""
+    return {k: getattr(model, k) if hasattr(model, k) else model.options.get(k, default)
+            for k, default in component.options.items()}
 
+
+def build_prior(config: Config, physics: Physics) -> Prior:
+    """``model.prior`` with its options, θ at its start: the noise start (``model.init: noise``) when the
+    prior has one, its own defaults otherwise."""
     m = config.model
-    if m.init == "paper":
-        weights = WaveletWeights(m.levels, m.weights, channels=CHANNELS, init_lambda=m.init_lambda)
-    else:
-        weights = WaveletWeights.universal(m.levels, m.weights, prior_noise(config, physics), config.train.crop**2)
-    return WaveletTransform(m.wavelet, m.levels), weights
-
-
-def _wavelet_fb(config: Config, physics: Physics) -> Scheme:
-    return WaveletFB(physics, *_wavelet_parts(config, physics), config.model.step_rule)
-
-
-def _wavelet_drs(config: Config, physics: Physics) -> Scheme:
-    return WaveletDRS(physics, *_wavelet_parts(config, physics))
-
-
-def _pnp(cls: type[PnPFB]) -> Callable[[Config, Physics], Scheme]:
-    """A PnP scheme; what is not learned is frozen: the denoiser when learning (σ, τ), (σ, τ) when
-    learning the denoiser."""
-
-    def build(config: Config, physics: Physics) -> Scheme:
-        from .denoisers import load_denoiser
-
-        m = config.model
-        scheme = cls(physics, load_denoiser(m.denoiser), PnPParameters(m.init_sigma, m.init_tau))
-        (scheme.denoiser if m.learn == "parameters" else scheme.theta).requires_grad_(False)
-        return scheme
-
-    return build
-
-
-SCHEMES: dict[tuple[str, str], Callable[[Config, Physics], Scheme]] = {
-    ("wavelet", "fb"): _wavelet_fb,
-    ("wavelet", "drs"): _wavelet_drs,
-    ("pnp", "fb"): _pnp(PnPFB),
-    ("pnp", "hqs"): _pnp(PnPHQS),
-}
+    cls = prior_class(m.prior)
+    prior = cls.build(component_options(m, cls), CHANNELS)
+    if m.init == "noise" and "noise start" in cls.capabilities():
+        prior.init_from_noise(prior_noise(config, physics), config.train.crop**2)
+    return prior
 
 
 def build_scheme(config: Config, device: torch.device | str = "cpu") -> Scheme:
-    """The inner solver described by ``config`` (``model.name``, ``model.scheme``), with θ at its
-    initial value, on ``device``."""
-    m = config.model
-    return SCHEMES[m.name, m.scheme](config, physics_from(config)).to(device)
+    """The inner solver ``model.scheme`` × ``model.prior`` over the physics, with θ at its initial value,
+    on ``device``."""
+    physics = physics_from(config)
+    prior = build_prior(config, physics)
+    cls = composed_class(config.model.scheme, config.model.prior, config.physics.name)
+    return cls.compose(physics, prior, **component_options(config.model, cls)).to(device)
 
 
 def solve_options(train: TrainConfig, **changes) -> SolveOptions:
@@ -116,9 +95,17 @@ def solve_options(train: TrainConfig, **changes) -> SolveOptions:
     return SolveOptions(**({k: getattr(train, k) for k in keys} | changes))
 
 
+def checkpoint_name(scheme: torch.nn.Module, name: str) -> str:
+    """A scheme's parameter name as a checkpoint stores it: ``theta.…``, and a prior's network weights
+    under their own prefix (``theta.denoiser.…`` → ``denoiser.…``)."""
+    network = getattr(scheme.theta, "network", None)
+    prefix = f"theta.{network}."
+    return name[len("theta."):] if network and name.startswith(prefix) else name
+
+
 def trainable(scheme: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The parameters training updates, named as in a checkpoint (``theta.…``, ``denoiser.…``)."""
-    return {name: p for name, p in scheme.named_parameters() if p.requires_grad}
+    return {checkpoint_name(scheme, name): p for name, p in scheme.named_parameters() if p.requires_grad}
 
 
 def denoiser_sigma(scheme: torch.nn.Module) -> float | None:

@@ -13,7 +13,8 @@ at ``σ_train`` restores noise ``S`` with its thresholds scaled by ``S/σ_train`
 * Plug-and-play: the denoiser takes one noise level per image, so ``σ ← σ · rms(S)/rms(σ_train)``
   (root mean square over the channels: the pooled noise's standard deviation); τ is unchanged.
 
-The physics then simulates noise S as well (``restore --simulate --sigma S``).
+Each prior owns its scaling (``Prior.scale_noise``); the physics then simulates noise S as well
+(``restore --simulate --sigma S``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from .core.physics import ChannelGaussianNoise
-from .core.priors import WaveletWeights
-from .core.schemes import PnPParameters
 from .errors import InputError
 from .models import CHANNELS, per_channel
 
@@ -59,10 +55,6 @@ def _numbers(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3g}" for v in values)
 
 
-def _rms(values: tuple[float, ...]) -> float:
-    return math.sqrt(sum(v * v for v in values) / len(values))
-
-
 @dataclass(frozen=True)
 class NoiseScaling:
     """How a model was moved from its training noise to another: ``factors`` multiply θ per channel
@@ -80,42 +72,16 @@ class NoiseScaling:
                 f"{short(self.factors)}" + (" per channel" if len(set(self.factors)) > 1 else ""))
 
 
-class ChannelScaledWeights(nn.Module):
-    """Wavelet weights times one factor per channel: ``θ'_{j,b,c} = r_c θ_{j,b,c}`` (the learned
-    :class:`WaveletWeights` inside, unchanged; the scheme reads ``diagonal()`` and ``group_dims``)."""
-
-    def __init__(self, weights: WaveletWeights, factors: torch.Tensor):
-        super().__init__()
-        self.weights = weights
-        self.register_buffer("factors", factors.reshape(1, -1, 1, 1, 1))
-
-    @property
-    def group_dims(self) -> tuple[int, ...]:
-        return self.weights.group_dims
-
-    def diagonal(self) -> list[torch.Tensor]:
-        return [t * self.factors for t in self.weights.diagonal()]
-
-
-def rescale(scheme: nn.Module, trained: Sequence[float], sigma: float | Sequence[float], source: str) -> NoiseScaling:
+def rescale(scheme, trained: Sequence[float], sigma: float | Sequence[float], source: str) -> NoiseScaling:
     """Move ``scheme`` (θ loaded, trained at noise ``trained``) in place to noise ``sigma`` (see the
     module docstring); refuse a channel trained without noise, whose thresholds have no scale."""
     trained, given = per_channel(trained), per_channel(check_sigma(sigma))
     if not all(s > 0 for s in trained):
         raise InputError(f"--sigma: {source} was trained without noise on some channel (physics.sigma "
                          f"{_numbers(trained)}), so its thresholds have no noise scale")
-    theta = scheme.theta
-    if isinstance(theta, WaveletWeights):
-        factors = tuple(g / t for g, t in zip(given, trained))
-        device = next(theta.parameters()).device
-        scheme.theta = ChannelScaledWeights(theta, torch.tensor(factors, device=device))
-        scaled = "θ"
-    elif isinstance(theta, PnPParameters):
-        factors = (_rms(given) / _rms(trained),)
-        with torch.no_grad():
-            theta.log_sigma.add_(math.log(factors[0]))
-        scaled = "the denoiser's σ"
-    else:
-        raise InputError(f"--sigma: {source}'s model ({type(scheme).__name__}) has no known noise scaling")
+    try:
+        factors, scaled = scheme.theta.scale_noise(trained, given)
+    except ValueError:
+        raise InputError(f"--sigma: {source}'s prior ({scheme.theta.name}) has no known noise scaling") from None
     scheme.physics.noise = ChannelGaussianNoise(given)
     return NoiseScaling(trained, given, factors, scaled)

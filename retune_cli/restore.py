@@ -12,6 +12,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .core.hypergrad import GRADIENT_MODES, Solution, restore
 from .core.physics import Observation, Params, UserOperator
+from .core.schemes import NoValidStep
 from .errors import InputError
 from .images import read_array, read_image
 from .limits import check_cost
@@ -76,8 +77,10 @@ def run(model: Model, obs: Observation, T: int | None = None, tol: float | None 
         report = None if on_restart is None else (lambda t: on_restart(t, max_restarts))
         solution = restore(model.scheme, obs, K, max_restarts, tolerance,
                            accelerate=accelerate or model.config.train.accelerate, on_restart=report)
-    except ValueError as e:  # the step rule's: θ so extreme that no valid step exists
+    except NoValidStep as e:  # θ so extreme that no valid step exists
         raise InputError(f"{source}: its θ leaves the scheme no valid step ({e})") from None
+    except ValueError as e:  # what the physics or prior refuses (a missing or unfit operator)
+        raise InputError(f"{source}: {e}") from None
     if not torch.all(torch.isfinite(solution.x)):
         raise InputError(f"{source}: restoring with its θ gives non-finite values; θ is out of range")
     return solution

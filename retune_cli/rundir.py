@@ -153,7 +153,10 @@ class RunDir:
 
     def write_config(self, config: Config) -> None:
         """``config.yaml``: the resolved config, headed by a comment when θ starts from ``train.init``."""
-        pnp = " (model.init_sigma and model.init_tau are its σ and τ)" if config.model.name == "pnp" else ""
+        from .components import prior_class
+
+        learned_step = prior_class(config.model.prior).learns_step
+        pnp = " (model.init_sigma and model.init_tau are its σ and τ)" if learned_step else ""
         note = f"# θ starts from train.init's checkpoint{pnp}, not from model.init\n" if config.train.init else ""
         write_text(self.path / CONFIG, note + config.to_yaml())
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from .components import prior_class
 from .config import Config
+from .models import component_options
 from .restore import load_model
 from .rundir import LOG, read_log
 
@@ -33,12 +35,10 @@ class Summary:
 
 
 def _values(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``log_X`` parameters of θ as ``X = exp(log_X)``, named in Greek (λ_j, Λ_b, σ, τ)."""
+    """θ in natural units (the prior's ``describe()``), named in Greek (λ_j, Λ_b, σ, τ)."""
     out = {}
-    for name, p in scheme.theta.named_parameters():
-        base = name.removeprefix("log_")
+    for base, values in scheme.theta.describe().items():
         label = GREEK.get(base, base) + {"lambda": "_j (j = 1 … J, finest first)", "Lambda": "_b"}.get(base, "")
-        values = torch.exp(p.detach().double()).cpu()
         out[label] = values.flip(0) if base == "lambda" else values  # stored coarsest first
     return out
 
@@ -53,16 +53,19 @@ def wavelet_theta(scheme: torch.nn.Module) -> torch.Tensor | None:
 
 
 def _start(config: Config) -> str:
-    """Where θ started: another run (``train.init``), PnP's (σ, τ), or the wavelet start ``model.init``."""
+    """Where θ started: another run (``train.init``), PnP's (σ, τ), the prior's noise start or its
+    ``init_lambda`` (``model.init``)."""
     m = config.model
+    prior = prior_class(m.prior)
     if config.train.init:
-        recorded = f" (σ = {m.init_sigma:g}, τ = {m.init_tau:g})" if m.name == "pnp" else ""
+        recorded = f" (σ = {m.init_sigma:g}, τ = {m.init_tau:g})" if prior.learns_step else ""
         return f"--init {config.train.init}{recorded}"
-    if m.name == "pnp":
+    if prior.learns_step:
         return f"σ = {m.init_sigma:g}, τ = {m.init_tau:g}"
-    if m.init == "paper":
-        return f"paper: λ_j = {m.init_lambda:g}, Λ = 1"
-    return "noise: universal thresholds θ_j = s_c √(2 log n_j) from physics.sigma"
+    if m.init == "paper" or "noise start" not in prior.capabilities():
+        return f"paper: λ_j = {m.init_lambda:g}, Λ = 1" if "levels" in prior.options else \
+            f"init_lambda = {m.init_lambda:g}"
+    return f"noise: the {m.prior} prior's noise start from physics.sigma"
 
 
 def summarize(path: Path, trust_code: bool = False) -> Summary:
@@ -71,8 +74,9 @@ def summarize(path: Path, trust_code: bool = False) -> Summary:
     c, ck = model.config, model.checkpoint
     facts = {
         "preset": c.preset, "physics": f"{c.physics.name}, σ = {', '.join(f'{s:g}' for s in c.physics.sigma)}",
-        "model": f"{c.model.name} {c.model.scheme}"
-        + (f", {c.model.wavelet} × {c.model.levels} levels, {c.model.weights}" if c.model.name == "wavelet" else ""),
+        "model": f"{c.model.prior} {c.model.scheme}" + "".join(
+            f", {k} {v}" for k, v in component_options(c.model, prior_class(c.model.prior)).items()
+            if k not in ("init_lambda", "init_sigma", "init_tau", "denoiser")),
         "K, T": f"{c.train.K}, {c.train.T}", "gradient": c.train.gradient, "step": str(ck.step),
         "train PSNR": f"{ck.train_psnr:.2f} dB", "data": str(ck.data or "built-in samples or images in memory"),
         "start": _start(c),

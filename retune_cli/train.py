@@ -1,9 +1,8 @@
 """Training workflow: learn θ by Adam on ``L = MSE(x(θ), x̄)`` with the configured gradient mode.
 
-Writes into the run folder (:class:`~.rundir.RunDir`): ``theta.safetensors`` (latest checkpoint),
-``config.yaml`` (resolved), ``log.csv`` (one row per step) and ``psnr.png`` (train PSNR curve).
-Progress is reported through a callback; nothing here prints. :func:`train_step` is the one step
-(solve, backpropagate, average across processes, clip, Adam) that benchmarks time as well.
+Writes into the run folder (:class:`~.rundir.RunDir`) ``theta.safetensors``, ``config.yaml``, ``log.csv``,
+``psnr.png``; reports progress through a callback (nothing here prints). :func:`train_step` is the one
+step (solve, backpropagate, average across processes, clip, Adam) that benchmarks time as well.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from .config import Config
 from .core.hypergrad import Solution, SolveOptions, solve
 from .core.implicit import gradient_check
 from .core.physics import Observation
+from .core.schemes import NoValidStep
 from .data import ImageFolder, Images, derive_seed, open_images, steps_per_epoch, training_batch
 from .distributed import SINGLE, Group
 from .errors import InputError
@@ -104,7 +104,7 @@ def train_step(
     scheme, optimizer = state.scheme, state.optimizer
     try:
         solution = solve(scheme, obs, options, mode)
-    except ValueError:  # θ so extreme that no valid step exists
+    except NoValidStep:  # θ so extreme that no valid step exists
         raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
     loss = torch.mean((solution.x - clean) ** 2)
     optimizer.zero_grad(set_to_none=True)
@@ -193,7 +193,7 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
     r.psnr = outcome.psnr
     try:
         tau = float(scheme.step_size(shard).detach())
-    except ValueError:  # θ so extreme that no valid step exists
+    except NoValidStep:  # θ so extreme that no valid step exists
         raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
     s = outcome.solution
     return StepReport(step + 1, total, outcome.loss, outcome.psnr, tau, time.perf_counter() - clock,

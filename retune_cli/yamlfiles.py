@@ -89,6 +89,14 @@ def load_preset(name: str) -> dict:
     return read_yaml(preset_dir() / f"{name}.yaml")
 
 
+def preset_folder(name: str) -> Path:
+    """The folder a preset's relative paths (its plugin files) start from: a YAML file's own folder."""
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")) or path.is_file():
+        return path.resolve().parent
+    return preset_dir()
+
+
 def parse_set(items: list[str]) -> dict[str, object]:
     """``["train.K=5", "physics.sigma=[0.1,0.2,0.3]"]`` → ``{"train.K": 5, …}`` (values read as YAML)."""
     out = {}

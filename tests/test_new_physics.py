@@ -437,10 +437,10 @@ def test_padded_prox_data_leaves_the_padding_unchanged(name, size):
     on the image's crop and the identity on the unobserved padding (A ≠ I)."""
     physics, _, draws = CASES[name]
     config = resolve("inpaint-wavelet-drs")
-    from retune_cli.core.splitting import WaveletDRS
-    from retune_cli.models import _wavelet_parts, physics_from
+    from retune_cli.core.composed import DouglasRachford
+    from retune_cli.models import build_prior, physics_from
 
-    scheme = WaveletDRS(physics, *_wavelet_parts(config, physics_from(config))).double()
+    scheme = DouglasRachford(physics, build_prior(config, physics_from(config))).double()
     assert scheme.multiple == 16
     n = 2
     params = physics.draw(torch.Size((n, 3, *size)), seed=1) if draws else {}

@@ -13,17 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retune_cli.components import composed_class
 from retune_cli.config import resolve
 from retune_cli.core import implicit
+from retune_cli.core.composed import DouglasRachford as WaveletDRS
+from retune_cli.core.composed import ForwardBackward as PnPFB
+from retune_cli.core.composed import HalfQuadraticSplitting as PnPHQS
 from retune_cli.core.fixed_point import fixed_point
 from retune_cli.core.hypergrad import SolveOptions, restore
 from retune_cli.core.operators import fft_norm
 from retune_cli.core.priors import weighted_group_prox
-from retune_cli.core.schemes import PnPFB, WaveletFB
-from retune_cli.core.splitting import PnPHQS, WaveletDRS
+from retune_cli.core.schemes import WaveletFB
 from retune_cli.core.wavelets import Coefficients
 from retune_cli.gradients import mode_gradient
-from retune_cli.models import SCHEMES, build_scheme
+from retune_cli.models import build_scheme
 
 NEW_PRESETS = {
     "sr2-wavelet": ("sr", WaveletFB), "sr4-wavelet": ("sr", WaveletFB), "sr4-pnp": ("sr", PnPFB),
@@ -68,7 +71,9 @@ def scheme_pair(fb_preset: str, drs_preset: str, overrides: dict, drs_overrides:
 
 
 def test_scheme_registry_has_the_splitting_schemes():
-    assert SCHEMES.keys() >= {("wavelet", "fb"), ("wavelet", "drs"), ("pnp", "fb"), ("pnp", "hqs")}
+    pairs = {("wavelet", "fb"): WaveletFB, ("wavelet", "drs"): WaveletDRS, ("pnp", "fb"): PnPFB, ("pnp", "hqs"): PnPHQS}
+    for (prior, scheme), cls in pairs.items():
+        assert composed_class(scheme, prior) is cls
 
 
 @pytest.mark.parametrize("preset", list(NEW_PRESETS))
@@ -88,8 +93,8 @@ def test_new_presets_build_their_scheme_and_physics(preset):
 def test_pnp_hqs_learning_the_denoiser_freezes_sigma_and_tau():
     scheme = build_scheme(resolve("inpaint-pnp-hqs", {"model.learn": "denoiser"}))
     assert isinstance(scheme, PnPHQS)
-    assert not any(p.requires_grad for p in scheme.theta.parameters())
-    assert all(p.requires_grad for p in scheme.denoiser.parameters())
+    assert not scheme.theta.log_sigma.requires_grad and not scheme.theta.log_tau.requires_grad
+    assert all(p.requires_grad for p in scheme.theta.denoiser.parameters())
 
 
 # --------------------------------------------------------------------------- Douglas–Rachford
@@ -110,10 +115,10 @@ def test_drs_step_is_douglas_rachford():
 
     x = scheme.prox_data(z, obs.y, ctx.tau, (27, 37), obs.params)
     r = 2 * x - z
-    w = scheme.transform.analysis(r)
+    w = scheme.theta.transform.analysis(r)
     theta = scheme.theta.diagonal()
     details = tuple(weighted_group_prox(d, t, ctx.tau, scheme.theta.group_dims) for d, t in zip(w.details, theta))
-    prox_g = scheme.transform.synthesis(Coefficients(w.approx, details))
+    prox_g = scheme.theta.transform.synthesis(Coefficients(w.approx, details))
     assert torch.allclose(scheme.step(z, ctx), z + prox_g - x, rtol=0, atol=1e-13)
     assert torch.allclose(scheme.output(z, ctx), x[..., :27, :37], rtol=0, atol=1e-15)
     # τ = 1/‖A‖² (μ = 0), no contraction factor known
@@ -177,7 +182,7 @@ def test_drs_contraction_for_denoising_is_one_half():
     clean = clean_image(27, 37)
     obs = drs.physics.simulate(clean, seed=0)
     ctx = drs.prepare(obs)
-    assert (ctx.tau, ctx.mu, ctx.lipschitz) == (1.0, 1.0, 1.0)
+    assert (ctx.tau, ctx.strong_convexity, ctx.lipschitz) == (1.0, 1.0, 1.0)
     assert float(drs.contraction(ctx)) == pytest.approx(0.5, abs=1e-15)
 
     def loss(x):
@@ -231,7 +236,7 @@ def test_pnp_hqs_step_is_denoiser_after_data_prox():
     with torch.no_grad():
         z = x.clone()
         z[..., :20, :28] = scheme.physics.prox_data(x[..., :20, :28], obs.y, tau, None)
-        expected = scheme.denoiser(z, torch.full((1,), sigma, dtype=torch.float64))
+        expected = scheme.theta.denoiser(z, torch.full((1,), sigma, dtype=torch.float64))
         got = scheme.step(x, ctx)
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
     assert math.isnan(float(scheme.contraction(ctx)))

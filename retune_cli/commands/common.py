@@ -96,7 +96,8 @@ def fail(message: str, code: int = 2) -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """The one error boundary: the errors a user can fix become one line on stderr and exit code 2 (an
-    OSError no reader or writer named a file for too); Ctrl-C exits with 130."""
+    OSError no reader or writer named a file for too, any error raised in a plugin's or factory's code,
+    named by file, line and function); Ctrl-C exits with 130."""
     from ..errors import InputError
     from ..files import reason
 
@@ -110,6 +111,13 @@ def user_errors() -> Iterator[None]:
         if not env_rank():  # Ctrl-C reaches every rank: one line
             err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    except Exception as e:
+        from ..core.custom import describe_error
+
+        where = describe_error(e)
+        if where is None:
+            raise
+        fail(f"in your code: {where}")
 
 
 @contextmanager
@@ -148,7 +156,7 @@ PRESET_HELP = (
 
 DEVICE_OPTION = typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")
 TrustCode = Annotated[
-    bool, typer.Option(help="Allow a checkpoint whose physics runs Python code named in its config (physics.factory).")
+    bool, typer.Option(help="Run the Python code a config or checkpoint names (its plugins, a physics.factory).")
 ]
 Threads = Annotated[
     int | None,

@@ -76,6 +76,9 @@ def compare_grads(
             f"DEQ adjoint ({s['name']}): residual {s['residual']:.1e} in {s['iterations']} iterations",
             highlight=False,
         )
+        note = contraction_note(result.delta)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]", highlight=False)
         if json_:
             result.write_json(json_)
         if plot:
@@ -91,13 +94,24 @@ def _theta(preset: str | None, checkpoint: Path | None, device, trust_code: bool
     from ..restore import load_model
 
     if checkpoint is None:
-        config = resolve(preset or DEFAULT_PRESET)
+        config = resolve(preset or DEFAULT_PRESET, trust_code=trust_code)
         return build_scheme(config, device), config
     model = load_model(checkpoint, device, trust_code)
     check_preset(preset, model.config, checkpoint)
     if model.config.model.learn == "denoiser":
         raise InputError("compare-grads needs a small θ; a checkpoint that learns the denoiser has ~10⁶")
     return model.scheme, model.config
+
+
+def contraction_note(delta: list[dict]) -> str | None:
+    """A warning when the measured δ_K is ≥ 0.99 for some K: Φ_K barely contracts (primal–dual schemes)."""
+    weak = [d for d in delta if d["measured"] >= 0.99]
+    if not weak:
+        return None
+    where = ", ".join(f"K={d['K']}: measured δ_K = {d['measured']:.3f}" for d in weak)
+    return (f"Φ_K is not a contraction here ({where}): Lemma 1 gives no bound and ReTune's restart term "
+            "δ_K^T‖û − u_0‖ decays slowly; use a larger K and T, or --accelerate anderson "
+            "(train.accelerate anderson) so the recorded Φ_K starts near the fixed point.")
 
 
 def _gradient_table(result) -> Table:

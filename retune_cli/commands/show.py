@@ -88,7 +88,8 @@ def _figure_data(summary) -> tuple[dict, dict]:
     curves = {label: series for label, series in curves.items() if series[0]}
     if summary.theta is not None:
         return {}, curves
-    parameters = {f"{name} (learned)": _series(summary, key) for key, name in (("sigma", "σ"), ("tau", "τ"))}
+    state = "frozen" if summary.denoiser_tensors else "learned"  # learning the denoiser freezes (σ, τ)
+    parameters = {f"{name} ({state})": _series(summary, key) for key, name in (("sigma", "σ"), ("tau", "τ"))}
     parameters = {name: series for name, series in parameters.items() if series[0]}
     if not parameters and not curves:
         raise InputError(f"--plot: {summary.path} learned {', '.join(summary.values)} and has no log.csv beside it "

@@ -1,42 +1,114 @@
-"""Your own physics: any deepinv ``LinearPhysics`` that maps images to images, built by a Python
-function named in the config (``physics.name: python``, ``physics.factory: "module:function"`` or
-``"path/to/file.py:function"``).
+"""Code a user names: modules imported by name or from a ``.py`` file (config plugins, installed plugins,
+``physics.factory``), the errors raised in them, and your own deepinv physics.
 
-The function is called with the image shape ``(C, H, W)`` and returns the operator for images of that
-shape (rebuilt and cached per size, so an operator that depends on it, e.g. a colour-filter array,
-works), mapping them to observations of the same shape (a size-changing operator is refused).
-``A``, ``Aᵀ`` and ``prox_{τf}`` (``prox_l2``, used by the splitting schemes) are deepinv's; ``‖A‖``
-comes from power iteration (once per image shape); no lower bound on σ_min is assumed (0), so
-forward-backward uses τ = 1.95/L. Importing the module runs its code: the workflows only do so for a
-config the user named, never for a checkpoint's unless told to.
+:func:`import_user_module` runs a module and counts its file (and its package's folder) as user code;
+:func:`describe_error` turns an exception raised in user code into one line naming the file, the line
+and the function (the deepest user frame of its traceback), so that a caller can report it as such.
+
+Your own physics: any deepinv ``LinearPhysics`` that maps images to images, built by a Python function
+named in the config (``physics.name: python``, ``physics.factory: "module:function"`` or
+``"path/to/file.py:function"``). The function is called with the image shape ``(C, H, W)`` and returns
+the operator for images of that shape (rebuilt and cached per size, so an operator that depends on it,
+e.g. a colour-filter array, works), mapping them to observations of the same shape (a size-changing
+operator is refused). ``A``, ``Aᵀ`` and ``prox_{τf}`` (``prox_l2``, used by the splitting schemes) are
+deepinv's; ``‖A‖`` comes from power iteration (once per image shape); no lower bound on σ_min is assumed
+(0), so forward-backward uses τ = 1.95/L. Importing the module runs its code: the workflows only do so
+for a config the user named, never for a checkpoint's unless told to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import os
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from .physics import NormBounds, Params, Physics, operator_norm, register_physics
 
+_USER_CODE: set[str] = set()  # files, and package folders ending in os.sep, of the modules users named
 
-def _module(name: str):
-    """A module by dotted name, or from a ``.py`` file path (relative to the working folder)."""
-    if name.endswith(".py"):
-        path = Path(name)
-        if not path.is_file():
-            raise ValueError(f"physics.factory: {name} is not a file")
-        spec = importlib.util.spec_from_file_location(f"retune_user_physics.{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+
+class UserCodeError(ValueError):
+    """A user's module failed to import: one line naming the file, the line and the function."""
+
+
+def add_user_code(module: ModuleType | None) -> None:
+    """Count ``module``'s file, and its top-level package's folders, as user code."""
+    if module is None or module.__name__.startswith("retune_cli"):
+        return
+    if getattr(module, "__file__", None):
+        _USER_CODE.add(os.path.realpath(module.__file__))
+    top = sys.modules.get(module.__name__.partition(".")[0])
+    _USER_CODE.update(os.path.realpath(folder) + os.sep for folder in getattr(top, "__path__", None) or ())
+
+
+def _is_user_code(filename: str) -> bool:
+    path = os.path.realpath(filename)
+    return path in _USER_CODE or any(path.startswith(folder) for folder in _USER_CODE if folder.endswith(os.sep))
+
+
+def describe_error(error: BaseException) -> str | None:
+    """``FILE line N, in FUNCTION: Type: message`` at the deepest frame of user code in the traceback
+    (a syntax error: its file and line), or None when the error did not pass through user code."""
+    if isinstance(error, SyntaxError) and error.filename and _is_user_code(error.filename):
+        return f"{error.filename} line {error.lineno}: SyntaxError: {error.msg}"
+    frames = [(f.f_code, line) for f, line in traceback.walk_tb(error.__traceback__) if _is_user_code(f.f_code.co_filename)]
+    if not frames:
+        return None
+    code, line = frames[-1]
+    return f"{code.co_filename} line {line}, in {getattr(code, 'co_qualname', code.co_name)}: {type(error).__name__}: {error}"
+
+
+def _run(spec, name: str) -> ModuleType:
+    """Execute the module of ``spec`` as ``sys.modules[name]``; an error in it → :class:`UserCodeError`."""
+    module = importlib.util.module_from_spec(spec)
+    _USER_CODE.add(os.path.realpath(spec.origin))
+    sys.modules[name] = module
     try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {name} for physics.factory ({e}); is it on PYTHONPATH?") from None
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: any error, in one line
+        sys.modules.pop(name, None)
+        raise UserCodeError(describe_error(e) or f"{type(e).__name__}: {e}") from e
+    return module
+
+
+def import_user_module(name: str, what: str) -> ModuleType:
+    """A module by dotted name, or run from a ``.py`` file path (relative to the working folder);
+    ``ValueError`` when there is none, :class:`UserCodeError` when its code fails."""
+    if name.endswith(".py") or "/" in name or os.sep in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{what}: {name} is not a file")
+        path = path.resolve()
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+        module_name = f"retune_user_{path.stem}_{digest}"
+        return _run(importlib.util.spec_from_file_location(module_name, path), module_name)
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # a parent package is missing
+        spec = None
+    except Exception as e:  # a parent package's code failed
+        raise UserCodeError(describe_error(e) or f"{type(e).__name__}: {e}") from e
+    if spec is None:
+        raise ValueError(f"cannot import {name} for {what} (no such module); is it on PYTHONPATH?")
+    if spec.origin:
+        _USER_CODE.add(os.path.realpath(spec.origin))
+    add_user_code(sys.modules.get(name.partition(".")[0]))
+    try:
+        module = importlib.import_module(name)
+    except Exception as e:  # the user's code: any error, in one line
+        raise UserCodeError(describe_error(e) or f"{type(e).__name__}: {e}") from e
+    add_user_code(module)
+    return module
 
 
 def load_factory(spec: str) -> Callable:
@@ -45,7 +117,7 @@ def load_factory(spec: str) -> Callable:
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise ValueError(f'physics.factory must be "module:function" or "file.py:function", not {spec!r}')
-    factory = getattr(_module(module_name), attribute, None)
+    factory = getattr(import_user_module(module_name, "physics.factory"), attribute, None)
     if not callable(factory):
         raise ValueError(f"{module_name} has no function {attribute} for physics.factory")
     return factory

@@ -48,8 +48,8 @@ class Linearization:
     mapped: list[torch.Tensor]  # Φ_K(u, θ)
 
     def loss_gradient(self) -> list[torch.Tensor]:
-        """``a = ∂_u L(out(u))``."""
-        return list(torch.autograd.grad(self.image_loss, self.point, retain_graph=True))
+        """``a = ∂_u L(out(u))`` (zero on leaves the output does not use, e.g. a primal–dual's dual)."""
+        return list(torch.autograd.grad(self.image_loss, self.point, retain_graph=True, materialize_grads=True))
 
     def vjp_u(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
         """``∂_u Φ_K(u)ᵀ v``."""

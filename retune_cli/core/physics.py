@@ -133,10 +133,10 @@ class Physics:
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         """``(‖A‖, σ_min lower bound)`` for the images observations shaped like ``like`` stand for: by
-        power iteration, and 0."""
-        image = like.new_zeros((1, like.shape[-3], *self.image_size(like)))
-        first = {k: v[:1] for k, v in (params or {}).items()}
-        return NormBounds(operator_norm(self, image, first), 0.0)
+        power iteration over the whole batch (A is block-diagonal over the images, so this is the largest
+        of their norms, per-image operators included), and 0."""
+        image = like.new_zeros((like.shape[0], like.shape[-3], *self.image_size(like)))
+        return NormBounds(operator_norm(self, image, params), 0.0)
 
     def check_fits(self, shape: torch.Size) -> None:
         """Raise ``ValueError`` saying why images of ``shape`` cannot be observed (all fit by default)."""
@@ -166,7 +166,10 @@ PHYSICS: dict[str, type[Physics]] = {}
 
 
 def register_physics(cls: type[Physics]) -> type[Physics]:
-    """Class decorator: make ``cls`` available as ``physics.name: <cls.name>``."""
+    """Class decorator: make ``cls`` available as ``physics.name: <cls.name>``; a physics that needs a
+    user's operator must say how it is given (``user_operator``)."""
+    if cls.needs_user_operator and cls.user_operator is None:
+        raise TypeError(f"physics {cls.__name__} sets needs_user_operator but no user_operator (its flag)")
     PHYSICS[cls.name] = cls
     return cls
 

@@ -19,20 +19,31 @@ are unobserved (``A`` acts on the crop), so padding never biases the data term.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .physics import Observation, Params, Physics
+from .prior import Prior
 
 
 class Scheme(nn.Module, ABC):
     """``φ(·, θ)`` and what the engine needs around it (see the module docstring)."""
 
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ("prox",)  # capabilities of the prior it needs
+    needs_data_prox: ClassVar[bool] = False  # needs the physics' exact prox_data
+    options: ClassVar[dict[str, object]] = {}  # config key → default, passed to compose
     physics: Physics
     theta: nn.Module
+
+    @classmethod
+    def compose(cls, physics: Physics, prior: Prior, **options) -> Scheme:
+        """The scheme over ``physics`` and ``prior`` with its declared ``options``."""
+        return cls(physics, prior, **{k: options[k] for k in cls.options if k in options})
 
     @abstractmethod
     def prepare(self, obs: Observation) -> Any: ...
@@ -103,3 +114,47 @@ class PaddedScheme(Scheme):
         out = z.clone()
         out[..., :h, :w] = self.physics.prox_data(z[..., :h, :w], y, tau, params)
         return out
+
+
+SCHEMES: dict[str, type[Scheme]] = {}
+SPECIALIZED: dict[tuple[str, str], type[Scheme]] = {}
+
+
+def register_scheme(name: str, prior: str | None = None) -> Callable[[type[Scheme]], type[Scheme]]:
+    """Class decorator: make a scheme available as ``model.scheme: name`` for every prior offering its
+    ``requires`` (or, with ``prior``, for that prior only, in place of the generic one)."""
+
+    def decorate(cls: type[Scheme]) -> type[Scheme]:
+        if not (isinstance(cls, type) and issubclass(cls, Scheme)):
+            raise TypeError(f"register_scheme takes a subclass of Scheme, not {cls!r}")
+        cls.name = name
+        if prior is None:
+            SCHEMES[name] = cls
+        else:
+            SPECIALIZED[name, prior] = cls
+        return cls
+
+    return decorate
+
+
+def has_data_prox(physics: type[Physics]) -> bool:
+    """Whether a physics class implements the exact ``prox_{τf}`` of its data term."""
+    return physics.prox_data is not Physics.prox_data
+
+
+def scheme_class(scheme: str, prior: type[Prior], physics: type[Physics] | None = None) -> type[Scheme]:
+    """The class for ``model.scheme`` × ``model.prior`` (a specialization for the pair first); ``ValueError``
+    naming the keys when the prior or the physics lacks what the scheme needs."""
+    cls = SPECIALIZED.get((scheme, prior.name)) or SCHEMES.get(scheme)
+    if cls is None:
+        raise ValueError(f"model.scheme must be one of {', '.join(sorted(SCHEMES))}, not {scheme!r}")
+    missing = [c for c in cls.requires if c not in prior.capabilities()]
+    if missing:
+        offers = " and ".join(sorted(prior.capabilities() & {"prox", "analysis"}))
+        usable = ", ".join(sorted(n for n, c in SCHEMES.items() if set(c.requires) <= prior.capabilities()))
+        raise ValueError(f"model.scheme {scheme} needs a prior with {' and '.join(missing)}, and model.prior "
+                         f"{prior.name} offers {offers}: use model.scheme {usable}")
+    if cls.needs_data_prox and physics is not None and not has_data_prox(physics):
+        raise ValueError(f"model.scheme {scheme} needs the exact proximal operator of the data term, which "
+                         f"physics.name {physics.name} does not have: use model.scheme fb or pd")
+    return cls

@@ -1,4 +1,4 @@
-"""The built-in schemes (paper §4.1–4.2): wavelet forward-backward and plug-and-play forward-backward.
+"""The paper's wavelet forward-backward (§4.1), specialized to the wavelet prior, and the step rules.
 
 Wavelet forward-backward on the coefficients ``u = θ D x`` (paper eq. 51):
 ``u⁺ = prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ D Aᵀ(A Dᵀ θ⁻¹ u − y))``, ``x = Dᵀ θ⁻¹ u``, ``u_0 = θ D Aᵀ y``.
@@ -10,29 +10,33 @@ not depend on it, and a θ-dependent scale would add to the Jacobian-free gradie
 spurious term ``−u_a/c²`` through the output ``x = Dᵀθ⁻¹u`` that only the exact DEQ gradient cancels
 — on the band that carries most of the image's energy.
 
-Plug-and-play forward-backward (paper eq. 53): ``x⁺ = D_σ(x − τ Aᵀ(A x − y))``, ``x_0 = Aᵀ y``.
+It is the ``fb`` scheme of ``model.prior: wavelet`` (registered for the pair); every other prior's ``fb``
+is the generic image-domain one (:mod:`.composed`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from .physics import Observation, Params, Physics, as_observation
+from .prior import Prior
 from .priors import WaveletWeights, group_soft_threshold
-from .scheme import PaddedScheme
+from .scheme import PaddedScheme, register_scheme
 from .wavelets import Coefficients, WaveletTransform
+
+
+class NoValidStep(ValueError):
+    """θ so extreme (a weight 0 or infinite) that the step rule has no valid step."""
 
 
 def optimal_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
     """``τ* = 2/(μ + L)``: the smallest ω, needs μ > 0."""
     if not strong_convexity > 0:
-        raise ValueError("the optimal step needs μ > 0 (A injective); use step_rule=safe")
+        raise NoValidStep("the optimal step needs μ > 0 (A injective); use step_rule=safe")
     return 2 / (strong_convexity + lipschitz)
 
 
@@ -77,8 +81,16 @@ class WaveletContext:
     affine: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # A = I: the step is a ⊙ u + c
 
 
+@register_scheme("fb", prior="wavelet")
 class WaveletFB(PaddedScheme):
     """Forward-backward on weighted wavelet coefficients, for ``½‖Ax − y‖² + ‖θ D x‖_{1,2}``."""
+
+    options = {"step_rule": "optimal"}
+
+    @classmethod
+    def compose(cls, physics: Physics, prior: Prior, step_rule: str = "optimal", **_) -> WaveletFB:
+        """Over a :class:`~.wavelet_prior.WaveletPrior`: its transform and weights."""
+        return cls(physics, prior.transform, prior, step_rule)
 
     def __init__(self, physics: Physics, transform: WaveletTransform, weights: WaveletWeights,
                  step_rule: str = "optimal"):
@@ -156,61 +168,3 @@ class WaveletFB(PaddedScheme):
     def contraction(self, ctx: WaveletContext) -> torch.Tensor:
         """``ω(τ)``, so that ``Φ_K`` is ``ω^K``-Lipschitz."""
         return contraction_factor(ctx.tau, ctx.lipschitz, ctx.strong_convexity)
-
-
-class PnPParameters(nn.Module):
-    """θ = (σ, τ) of PnP-FB — the denoiser's noise level and the step — learned as logarithms."""
-
-    def __init__(self, sigma: float, tau: float):
-        super().__init__()
-        if sigma <= 0 or tau <= 0:
-            raise ValueError("the PnP σ and τ must be positive")
-        self.log_sigma = nn.Parameter(torch.tensor([math.log(sigma)]))
-        self.log_tau = nn.Parameter(torch.tensor([math.log(tau)]))
-
-
-@dataclass
-class PnPContext:
-    aty: torch.Tensor  # Aᵀ y on the padded domain
-    sigma: torch.Tensor
-    tau: torch.Tensor
-    size: tuple[int, int]
-    params: Params
-    y: torch.Tensor
-
-
-class PnPFB(PaddedScheme):
-    """Plug-and-play forward-backward ``x⁺ = D_σ(x − τ Aᵀ(A x − y))`` with a denoiser ``D_σ(x, σ)``.
-
-    ``multiple``: the image sides the denoiser needs (8 for DRUNet's three downsamplings).
-    """
-
-    def __init__(self, physics: Physics, denoiser: nn.Module, params: PnPParameters, multiple: int = 8):
-        super().__init__(physics, multiple)
-        self.denoiser = denoiser
-        self.theta = params
-
-    def step_size(self, obs: Observation) -> torch.Tensor:
-        return torch.exp(self.theta.log_tau)
-
-    def prepare(self, obs: Observation) -> PnPContext:
-        obs = as_observation(obs)
-        sigma, tau = torch.exp(self.theta.log_sigma), torch.exp(self.theta.log_tau)
-        y = obs.y
-        return PnPContext(self.adjoint(y, obs.params), sigma.to(y), tau.to(y), self.physics.image_size(y), obs.params,
-                          y)
-
-    def init(self, ctx: PnPContext) -> torch.Tensor:
-        return ctx.aty
-
-    def step(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:
-        z = x - ctx.tau * (self.normal(x, ctx.size, ctx.params) - ctx.aty)
-        return self.denoiser(z, ctx.sigma.expand(x.shape[0]))
-
-    def output(self, x: torch.Tensor, ctx: PnPContext) -> torch.Tensor:
-        h, w = ctx.size
-        return x[..., :h, :w]
-
-    def contraction(self, ctx: PnPContext) -> torch.Tensor:
-        """Unknown for a network: NaN (compare-grads then reports the measured δ_K only)."""
-        return torch.tensor(float("nan"))

@@ -1,0 +1,146 @@
+"""Held-out comparison of the priors (README: priors): each learned with ReTune against the same prior with
+its best single hand-tuned weight.
+
+CBSD68 sorted by name: the first 60 images train, the last 8 are held out (center crops of ``--side``
+pixels). Tasks: colour denoising at σ = 0.08, the paper's inpainting (90 % missing, σ = 0.05) and
+deblurring (channel-wise uniform blur of width 25, σ = 0.05). For each task and prior preset:
+
+* ``learned``: θ trained with the preset's gradient, (K, T) and acceleration for ``--steps`` Adam steps
+  (batch 4, crop ``--crop``, seed 0) through :func:`retune_cli.train.train`;
+* ``hand-tuned``: the prior's uniform start ``model.init: paper`` (every weight = ``init_lambda``) swept
+  over a log grid, the best on the held-out images kept (an oracle choice, in the classic's favour);
+* ``observation``: the degraded input.
+
+Every row is scored by :func:`retune_cli.evaluate.evaluate` (seed 0: every row sees the same observations)
+at the checkpoint's own T and restarts. Output ``bench/results/experiment_priors.json``::
+
+    {"experiment", "setup": {...}, "tasks": {task: {"observation": {"psnr", "ssim"},
+       "priors": {preset: {"learned": {"psnr", "ssim", "train_seconds", "final_train_psnr"},
+                           "hand_tuned": {"best": {"init_lambda", "psnr", "ssim"}, "grid": [...]}}}}},
+     "table": [{"task", "preset", "learned_psnr", "hand_tuned_psnr", "gain_db"}]}
+
+and ``bench/results/experiment_priors.png`` (held-out PSNR per task and prior, learned beside hand-tuned).
+Run: ``CBSD68=FOLDER .venv/bin/python bench/experiment_priors.py [--steps 60] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from experiment_common import DATA, crop_heldout, read_log, save_initial, scores, split, train_run
+
+from retune_cli.config import resolve, with_overrides
+from retune_cli.evaluate import evaluate
+
+TASKS = {
+    "denoise σ=0.08": (["denoise-wavelet-bc", "denoise-tv", "denoise-wavelet-union", "denoise-filters"],
+                       {"physics.sigma": [0.08]}),
+    "inpaint": (["inpaint-wavelet", "inpaint-tv", "inpaint-wavelet-union"], {}),
+    "deblur": (["deblur-wavelet", "deblur-tv", "deblur-filters"], {}),
+}
+GRID = [0.005 * 2 ** (i / 2) for i in range(13)]  # 0.005 … 0.32, √2 apart
+
+
+def _score(path: Path, heldout: Path) -> dict:
+    result = evaluate([path], data=heldout, seed=0)
+    return scores(result, result.labels[0]) | {"observation": scores(result, "observation")}
+
+
+def hand_tuned(config, work: Path, heldout: Path, grid: list[float]) -> dict:
+    """The uniform start ``init_lambda = w`` for each w of ``grid``, scored on the held-out images."""
+    rows = []
+    for w in grid:
+        path = work / f"lambda-{w:.4g}.safetensors"
+        save_initial(path, with_overrides(config, {"model.init": "paper", "model.init_lambda": w}, "sweep"))
+        rows.append({"init_lambda": w, **_score(path, heldout)})
+        print(f"    λ = {w:.4g}: {rows[-1]['psnr']:.2f} dB", flush=True)
+    best = max(rows, key=lambda r: r["psnr"] if math.isfinite(r["psnr"]) else -1)
+    return {"best": {k: best[k] for k in ("init_lambda", "psnr", "ssim")}, "grid": rows}
+
+
+def run_prior(preset: str, overrides: dict, args, train_dir: Path, heldout: Path, work: Path) -> dict:
+    """Learned and hand-tuned scores of one preset."""
+    config = resolve(preset, overrides | {"train.steps": args.steps, "train.crop": args.crop})
+    print(f"{preset}:", flush=True)
+    seconds, _, log = train_run(config, work / preset, train_dir, reuse=args.keep)
+    learned = _score(work / preset / "theta.safetensors", heldout)
+    print(f"  learned: {learned['psnr']:.2f} dB", flush=True)
+    sweep = hand_tuned(config, work / f"{preset}-sweep", heldout, GRID[::3] if args.quick else GRID)
+    final = read_log(work / preset / "log.csv")[-1][2]
+    return {"learned": learned | {"train_seconds": seconds, "final_train_psnr": final, "log": log},
+            "hand_tuned": sweep}
+
+
+def plot(path: Path, table: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in table if r["task"] == task]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r["hand_tuned_psnr"] for r in rows], 0.4, label="best single weight")
+        ax.bar([i + 0.2 for i in x], [r["learned_psnr"] for r in rows], 0.4, label="learned (ReTune)")
+        ax.axhline(rows[0]["observation_psnr"], color="gray", ls=":", label="observation")
+        low = min(min(r["hand_tuned_psnr"], r["learned_psnr"]) for r in rows)
+        ax.set_ylim(low - 2, None)
+        ax.set_xticks(list(x), [r["preset"].split("-", 1)[1] for r in rows], rotation=20)
+        ax.set_title(task)
+        ax.set_ylabel("held-out PSNR (dB)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--side", type=int, default=128, help="held-out center crops")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "experiment_priors.json")
+    parser.add_argument("--keep", action="store_true", help="reuse finished runs in --work")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 held-out 32² crops")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.crop, args.side, args.json = 2, 32, 32, Path("/tmp/retune-bench/experiment_priors.json")
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="retune-priors-"))
+    train_dir, held, _, names = split(DATA, work)
+    heldout = work / "heldout-crops"
+    crop_heldout(held, heldout, args.side, 2 if args.quick else None)
+    results, table = {}, []
+    for task in args.tasks.split(","):
+        presets, overrides = TASKS[task]
+        results[task] = {"priors": {}}
+        for preset in presets:
+            r = run_prior(preset, overrides, args, train_dir, heldout, work / task.split()[0])
+            results[task]["priors"][preset] = r
+            results[task]["observation"] = r["learned"].pop("observation")
+            table.append({"task": task, "preset": preset, "learned_psnr": r["learned"]["psnr"],
+                          "hand_tuned_psnr": r["hand_tuned"]["best"]["psnr"],
+                          "gain_db": r["learned"]["psnr"] - r["hand_tuned"]["best"]["psnr"],
+                          "observation_psnr": results[task]["observation"]["psnr"]})
+    setup = {"data": "CBSD68 (first 60 train, last 8 held out)", "heldout": names, "steps": args.steps,
+             "crop": args.crop, "side": args.side, "batch": 4, "seed": 0, "threads": 1, "grid": GRID,
+             "torch": torch.__version__}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"experiment": "priors", "setup": setup, "tasks": results, "table": table},
+                                    indent=1))
+    plot(args.json.with_suffix(".png"), table)
+    for r in table:
+        print(f"{r['task']:16s} {r['preset']:24s} learned {r['learned_psnr']:.2f}  hand-tuned "
+              f"{r['hand_tuned_psnr']:.2f}  ({r['gain_db']:+.2f} dB)")
+
+
+if __name__ == "__main__":
+    main()
