@@ -24,8 +24,8 @@ from .core.adjoint import ADJOINT_SOLVERS
 from .core.hypergrad import GRADIENT_MODES, Solution, SolveOptions, restarts, solve
 from .core.memory import saved_tensor_bytes
 from .core.pytree import leaves, norm
-from .data import sample_dir
 from .core.schemes import NoValidStep
+from .data import sample_dir
 from .errors import InputError
 from .files import write_text
 from .images import read_image

@@ -23,6 +23,7 @@ central finite differences on a tiny problem.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -171,7 +172,7 @@ def check_gradient(scheme: Scheme, obs: Observation, clean: torch.Tensor, K: int
     deq = flat_gradient(scheme, loss(solve(scheme, obs, options, "deq").x)).detach()
     fd = finite_difference_gradient(scheme, obs, K, loss, max_restarts=max_restarts)
     if not float(fd.norm()) > 0:
-        return result("gradient", float("inf"), tolerance, "θ does not move x̂ (zero finite differences): pick a θ that does")
+        return result("gradient", math.inf, tolerance, "θ does not move x̂ (zero finite differences): pick θ that does")
     error = float((deq - fd).norm() / fd.norm())
     return result("gradient", error, tolerance, f"DEQ hypergradient = finite differences over {count} θ entries")
 

@@ -41,6 +41,7 @@ QUADRATIC = lambda z: 0.5 * sum(torch.sum(b**2) for b in z)  # noqa: E731  (h of
 @pytest.fixture(scope="module", autouse=True)
 def _registries():
     """What this module's plugins register is removed afterwards (other modules see the built-ins only)."""
+    components.load_components()
     saved = [dict(PHYSICS), dict(PRIORS), dict(SCHEMES), dict(SPECIALIZED), set(components._plugins)]
     yield
     for registry, before in zip((PHYSICS, PRIORS, SCHEMES, SPECIALIZED, components._plugins), saved):
@@ -132,6 +133,19 @@ def test_the_python_api(smooth_run, image_folder, tmp_path):
         retune_cli.load(smooth_run / "theta.safetensors")
     assert retune_cli.load(smooth_run / "theta.safetensors", trust_code=True, sigma=0.2)(torch.rand(3, 16, 16)).shape \
         == (3, 16, 16)
+
+
+@pytest.mark.filterwarnings("ignore:train PSNR")  # one step barely learns: fit says so
+def test_the_readme_plugin_works(image_folder, tmp_path):
+    """README's "Write your own": its prior and YAML as written, trained one step from Python and checked."""
+    readme = (REPO / "README.md").read_text().split("## Write your own", 1)[1]
+    for name in ("my_prior.py", "my-ridge.yaml"):
+        block = readme.split(f"# {name}\n", 1)[1].split("```", 1)[0]
+        (tmp_path / name).write_text(block)
+    restorer = retune_cli.fit(str(tmp_path / "my-ridge.yaml"), image_folder, out=tmp_path / "run",
+                              overrides=TINY_KEYS, trust_code=True)
+    assert restorer.config.model.options == {"strength": 0.2}
+    assert [c.name for c in testing.check_prior(restorer.scheme.theta)] == ["prox"]
 
 
 # --------------------------------------------------------------------------- a physics, a prior and a scheme
@@ -311,9 +325,13 @@ def test_the_kit_passes_the_wavelet_prior_the_example_and_their_schemes():
     assert [c.name for c in checks] == ["prox", "analysis adjoint", "analysis norm", "conjugate prox"]
     wavelet = build_scheme(resolve("denoise-wavelet-b", {"model.levels": 2, "train.crop": 32}))
     assert [c.name for c in testing.check_scheme(wavelet)] == ["iterate", "contraction", "gradient"]
-    smooth = build_scheme(resolve(str(EXAMPLE), {"physics.name": "inpaint", "model.step_rule": "safe",
-                                                 "train.crop": 32}, trust_code=True))
-    assert all(c.passed for c in testing.check_scheme(smooth, K=2, side=16))
+    smooth = {scheme: build_scheme(resolve(str(EXAMPLE), {"physics.name": "inpaint", "physics.keep": 0.5,
+                                                          "model.scheme": scheme, "model.step_rule": "safe",
+                                                          "train.crop": 32}, trust_code=True))
+              for scheme in ("fb", "pd")}
+    assert all(c.passed for c in testing.check_scheme(smooth["fb"], K=2, side=16))
+    obs, _ = testing.tiny_problem(smooth["pd"].physics, side=16)
+    assert "all 2 leaves" in str(testing.check_iterate(smooth["pd"], obs))  # the primal–dual pair (x, z)
 
 
 class PerImageGain(Physics):

@@ -59,11 +59,12 @@ def describe_error(error: BaseException) -> str | None:
     (a syntax error: its file and line), or None when the error did not pass through user code."""
     if isinstance(error, SyntaxError) and error.filename and _is_user_code(error.filename):
         return f"{error.filename} line {error.lineno}: SyntaxError: {error.msg}"
-    frames = [(f.f_code, line) for f, line in traceback.walk_tb(error.__traceback__) if _is_user_code(f.f_code.co_filename)]
+    frames = [(f.f_code, n) for f, n in traceback.walk_tb(error.__traceback__) if _is_user_code(f.f_code.co_filename)]
     if not frames:
         return None
     code, line = frames[-1]
-    return f"{code.co_filename} line {line}, in {getattr(code, 'co_qualname', code.co_name)}: {type(error).__name__}: {error}"
+    function = getattr(code, "co_qualname", code.co_name)  # Python ≥ 3.11: Class.method
+    return f"{code.co_filename} line {line}, in {function}: {type(error).__name__}: {error}"
 
 
 def _run(spec, name: str) -> ModuleType:
@@ -91,6 +92,7 @@ def import_user_module(name: str, what: str) -> ModuleType:
         module_name = f"retune_user_{path.stem}_{digest}"
         return _run(importlib.util.spec_from_file_location(module_name, path), module_name)
     if name in sys.modules:
+        add_user_code(sys.modules[name])
         return sys.modules[name]
     try:
         spec = importlib.util.find_spec(name)

@@ -42,7 +42,7 @@ from .prior import Prior, register_prior
 
 PENALTIES = ("l1", "huber")
 GRID_PER_DEGREE = 128  # FFT grid N = GRID_PER_DEGREE · (k − 1) for analysis_norm
-NOISE_START = 1.0  # init_from_noise: w_{f,c} = NOISE_START · s_c (measured on the sample images)
+NOISE_START = 0.05  # init_from_noise: w_{f,c} = NOISE_START · s_c (measured on the sample images)
 
 
 def dct_filters(count: int, size: int) -> torch.Tensor:
@@ -145,15 +145,19 @@ class FilterPrior(Prior):
         return torch.sqrt(self.spectrum(grid).max() / (1 - 2 * math.pi * degree / grid))
 
     def conjugate_prox(self, z: list[torch.Tensor], sigma) -> list[torch.Tensor]:
-        """``prox_{σh*}``: ``clamp(p, −1, 1)`` (l1), ``clamp(p/(1 + σδ), −1, 1)`` (huber)."""
+        """``prox_{σh*}``: ``clamp(p, −1, 1)`` (l1), ``clamp(p/(1 + σ w δ), −1, 1)`` (huber, entry ``(f, c)``)."""
         if self.penalty == "huber":
-            return [torch.clamp(p / (1 + sigma * self.huber_delta), -1, 1) for p in z]
+            return [torch.clamp(p / (1 + sigma * self.thresholds().to(p)), -1, 1) for p in z]
         return [torch.clamp(p, -1, 1) for p in z]
 
+    def thresholds(self) -> torch.Tensor:
+        """Huber's ``w_{f,c} δ`` on the weighted responses, ``(1, C, F, 1, 1)``: ``huber_{wδ}(w r) = w huber_δ(r)``."""
+        return (self.weights().t() * self.huber_delta)[None, :, :, None, None]
+
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        """``g_θ(x) = Σ h(L_θ x)`` over the batch."""
+        """``g_θ(x) = h(L_θ x)`` over the batch: ``Σ |u|`` (l1), ``Σ huber_{wδ}(u)`` (huber)."""
         (u,) = self.analysis(x)
-        return huber(u, self.huber_delta).sum() if self.penalty == "huber" else u.abs().sum()
+        return huber(u, self.thresholds().to(u)).sum() if self.penalty == "huber" else u.abs().sum()
 
     def init_from_noise(self, noise: Sequence[float], pixels: int) -> None:
         """``w_{f,c} = κ s_c`` with ``κ = NOISE_START``: the strength of an ℓ1 penalty scales with the noise
