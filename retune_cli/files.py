@@ -7,17 +7,25 @@
   new name, in a writable folder) and none is an input or another output of the same command.
 * :func:`atomic_write`: a temporary file beside the target, fsync, rename; an OSError names the file.
 
+Links, one policy for every writer: a file retune writes, appends to, locks or removes is never a symbolic
+link (:func:`refuse_link`, checked before any work and again at the write; files are opened with
+``O_NOFOLLOW``), else one :class:`InputError` naming it. Folders above it may be links: where a folder
+lives is the user's choice. Temporary files are created with ``O_EXCL`` under names no user file has
+(:data:`TEMP_TAG`), and only a regular file retune itself created is ever removed as one.
+
 Permission bits are honoured even for root: a read-only file or folder is not written.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
+import re
+import secrets
 import stat
 import struct
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -29,12 +37,18 @@ from .errors import InputError
 # What decoders raise on a malformed file (numpy, PIL, pypng, tifffile, csv, safetensors' Python side).
 READ_ERRORS = (OSError, MemoryError, ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError,
                SyntaxError, OverflowError, RecursionError, zlib.error, struct.error, csv.Error)
+# atomic_write's temporary file of ``name``: ``.<name>.retune-<12 hex digits>.tmp`` (TEMP_TAG: the pattern after
+# the name), created exclusively; a killed run may leave one, which the next run of that folder removes.
+TEMP_TAG = r"\.retune-[0-9a-f]{12}\.tmp"
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def reason(error: BaseException) -> str:
     """A short, one-line account of ``error``."""
     if isinstance(error, MemoryError):
         return "out of memory while decoding it"
+    if getattr(error, "errno", None) == errno.ELOOP:
+        return "it is a symbolic link, which retune never writes through"
     text = getattr(error, "strerror", None) or str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
 
@@ -101,11 +115,24 @@ def check_folder(folder: Path, what: str) -> None:
         raise InputError(f"{what}: the folder {existing} is read-only")
 
 
+def refuse_link(path: Path, what: str, hint: str = "give another name") -> None:
+    """An :class:`InputError` naming ``what`` and ``path`` when ``path`` is a symbolic link (dangling or not);
+    ``hint``: what to do besides removing the link."""
+    if os.path.islink(path):
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        raise InputError(f"{what} {path} is a symbolic link{target}: retune never writes through a link; "
+                         f"remove the link or {hint}")
+
+
 def check_output(path: Path, flag: str) -> None:
-    """``path`` can be written: a new name in a writable folder, or a writable regular file."""
+    """``path`` can be written: a new name in a writable folder, or a writable regular file (not a link)."""
+    refuse_link(path, flag)
     if path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file name")
-    if path.exists() or path.is_symlink():
+    if path.exists():
         if not path.is_file():
             raise InputError(f"{flag} {path} is not a regular file; give a file name")
         if not writable(path):
@@ -148,22 +175,72 @@ def write_text(path: Path, text: str) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, fsync it, rename it over ``path`` (the
-    file's mode follows the umask); an OSError becomes an :class:`InputError` naming ``path``."""
-    tmp = None
+    """Call ``write(tmp)`` on a new temporary name beside ``path``, fsync it, rename it over ``path`` (the
+    file's mode follows the umask); ``path`` a link is refused (:func:`refuse_link`), an OSError becomes an
+    :class:`InputError` naming ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        refuse_link(path, "the file")
+        with _temporary(path) as (tmp, fd):
+            write(str(tmp))
+            if not _same_file(tmp, os.fstat(fd)):
+                raise InputError(f"cannot write {path}: its temporary file {tmp} was replaced while being written")
+            os.fsync(fd)
+            refuse_link(path, "the file")
+            os.replace(tmp, path)
     except OSError as e:
         raise InputError(f"cannot write {path}: {reason(e)}") from None
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (see :data:`TEMP_TAG`)."""
+    return path.with_name(f".{path.name}.retune-{secrets.token_hex(6)}.tmp")
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[tuple[Path, int]]:
+    """``(tmp, fd)``: a new empty file beside ``path``, made with ``O_EXCL | O_NOFOLLOW`` (never a user's file nor
+    through a link); removed on the way out unless renamed, and only while it is still the file made here."""
+    for _ in range(100):
+        tmp = temp_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666)  # mode: 0666 & ~umask
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+    made = os.fstat(fd)
+    try:
+        yield tmp, fd
     finally:
-        if tmp is not None and os.path.exists(tmp):
+        os.close(fd)
+        if _same_file(tmp, made):
             os.unlink(tmp)
+
+
+def _same_file(path: Path, made: os.stat_result) -> bool:
+    """``path`` is still the regular file ``made`` (not removed, renamed, nor replaced by a link)."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino)
+
+
+def no_follow(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open` that never follows a link at ``path`` (``ELOOP`` instead)."""
+    return os.open(path, flags | NO_FOLLOW, 0o666)
+
+
+def temp_pattern(names: Iterable[str]) -> re.Pattern:
+    """The names :func:`atomic_write` gives the temporary files of ``names`` (see :data:`TEMP_TAG`)."""
+    return re.compile(rf"^\.({'|'.join(re.escape(n) for n in names)}){TEMP_TAG}$")
+
+
+def remove_temporaries(folder: Path, pattern: re.Pattern) -> None:
+    """Remove the temporary files a killed :func:`atomic_write` left in ``folder`` (named by ``pattern``, from
+    :func:`temp_pattern`): regular files only, a link or any other file of the user's is left alone."""
+    for entry in os.scandir(folder):
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)

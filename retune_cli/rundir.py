@@ -4,7 +4,8 @@ Every file a run writes (checkpoint, log restart, config, figures) goes through
 :func:`~.files.atomic_write`: a crash at any moment leaves either the old or the new file, never a
 torn one. A run holds the folder's lock (``.retune.lock``, an ``flock`` the kernel releases when the
 process dies, so a killed run leaves no stale lock) from its preparation to its end: a second run on
-the same folder stops at once.
+the same folder stops at once. No run file nor the lock may be a symbolic link (:mod:`.files`' link policy),
+and the folder is kept apart from the run's inputs (:func:`check_run_folder`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,24 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .files import atomic_write, check_folder, overlaps, reading, reason, write_text
+from .files import (
+    NO_FOLLOW,
+    atomic_write,
+    check_folder,
+    no_follow,
+    overlaps,
+    reading,
+    reason,
+    refuse_link,
+    remove_temporaries,
+    temp_pattern,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -28,7 +42,8 @@ PLOT = "psnr.png"
 BEST = "best.safetensors"  # with --val: the checkpoint of the best validation PSNR
 RUN_FILES = (CHECKPOINT, CONFIG, LOG, PLOT, BEST)
 LOCK = ".retune.lock"
-STALE = re.compile(rf"^\.({'|'.join(re.escape(n) for n in RUN_FILES)})\..+\.tmp$")  # atomic_write's, after a kill
+OTHER_OUT = "choose another --out"  # what to do about a run file or lock that is a link
+STALE = temp_pattern(RUN_FILES)  # atomic_write's temporary files of the run files, after a kill
 LOG_FIELDS = ("step", "loss", "psnr", "tau", "sigma", "seconds", "restarts", "residual", "grad_cosine", "grad_rel_err",
               "val_psnr")
 
@@ -42,6 +57,30 @@ def folder_name(text: str) -> str:
 def default_folder(preset: str) -> Path:
     """``runs/<preset>``, always inside ``runs/``."""
     return Path("runs") / folder_name(preset)
+
+
+def check_run_folder(out: Path, data: Path | None = None, val: Path | None = None,
+                     init: Path | str | None = None) -> None:
+    """What --force does not change: refuse a run folder ``out`` that is or lies inside ``--data`` or ``--val`` (its
+    files would become images), either of them inside ``out``, ``--init`` being a file the run writes (it would
+    overwrite its own start), or a run file or the lock that is a symbolic link."""
+    for flag, folder, kind in (("--data", data, "training"), ("--val", val, "validation")):
+        if folder is None:
+            continue
+        if overlaps(out, folder):
+            where = "" if out.resolve() == Path(folder).resolve() else "inside "
+            raise InputError(f"--out {out} is {where}{flag} {folder}: the run's files would become {kind} images; "
+                             "choose a folder outside it")
+        if overlaps(folder, out):
+            raise InputError(f"{flag} {folder} is inside --out {out}, where the run writes its files; "
+                             "keep the images outside the run folder")
+    for name in (*RUN_FILES, LOCK) if init else ():
+        if overlaps(out / name, Path(init)):
+            raise InputError(f"--init {init} is {name} of --out {out}, which this run would overwrite; copy it "
+                             "out of the run folder first, or continue that run with --resume")
+    for name in RUN_FILES:
+        refuse_link(out / name, "the run file", OTHER_OUT)
+    refuse_link(out / LOCK, "the run folder's lock", OTHER_OUT)
 
 
 def read_log(path: Path, until: int = 10**12) -> list[dict]:
@@ -75,26 +114,25 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.checkpoint.exists() or (self.path / LOG).exists()
 
-    def check(self, overwrite: bool, data: Path | None = None) -> None:
-        """Refuse, before anything is made: a file, a read-only folder, a folder inside ``data`` (the
-        training images), a folder holding files of the run's names (an earlier run's or the user's)
-        unless ``overwrite``."""
+    def check(self, overwrite: bool, data: Path | None = None, val: Path | None = None,
+              init: Path | str | None = None) -> None:
+        """Refuse, before anything is made: a file, a read-only folder, what :func:`check_run_folder` refuses, a
+        folder holding files of the run's names (an earlier run's or the user's) unless ``overwrite``."""
         out = self.path
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file; give a folder for the run")
-        if data is not None and overlaps(out, data):
-            raise InputError(f"--out {out} is inside --data {data}: the run's files would become training images; "
-                             "choose a folder outside it")
+        check_run_folder(out, data, val, init)
         check_folder(out, f"--out {out}")
         self._claim(overwrite)
 
-    def prepare(self, force: bool, resuming_from: Path | None = None, data: Path | None = None) -> None:
+    def prepare(self, force: bool, resuming_from: Path | None = None, data: Path | None = None,
+                val: Path | None = None, init: Path | str | None = None) -> None:
         """:meth:`check` (``force`` or resuming in place may overwrite), then make and lock the folder.
-        Removes temporary files a killed run left, and with ``force`` the old checkpoint, so that no
-        stale one is left beside the new run's files."""
+        Removes temporary files a killed run left (retune's own only), and with ``force`` the old
+        checkpoint, so that no stale one is left beside the new run's files."""
         out = self.path
         in_place = resuming_from is not None and resuming_from.resolve().parent == out.resolve()
-        self.check(force or in_place, data)
+        self.check(force or in_place, data, val, init)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -105,8 +143,7 @@ class RunDir:
         except InputError:
             self.release()
             raise
-        for stale in (p for p in out.iterdir() if STALE.match(p.name)):
-            stale.unlink()
+        remove_temporaries(out, STALE)
         for old in (self.checkpoint, self.best) if force and not in_place else ():
             old.unlink(missing_ok=True)
 
@@ -126,10 +163,7 @@ class RunDir:
 
         path = self.path / LOCK
         while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise InputError(f"cannot write in the run folder {self.path}: {reason(e)}") from None
+            fd = self._open_lock(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -137,17 +171,40 @@ class RunDir:
                 os.close(fd)
                 raise InputError(f"{self.path} is in use by another retune train (pid {owner or '?'}); "
                                  "wait for it to end or choose another --out") from None
-            if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if self._holds(fd):
                 break
             os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock = fd
 
+    def _open_lock(self, path: Path) -> int:
+        """The lock file, opened (made if missing) without following a link; a link or another kind of file is
+        refused, naming it."""
+        refuse_link(path, "the run folder's lock", OTHER_OUT)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | NO_FOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot write the run folder's lock {path}: {reason(e)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"the run folder's lock {path} is not a regular file; remove it")
+        return fd
+
+    def _holds(self, fd: int) -> bool:
+        """The lock file's name still leads to the file open as ``fd`` (not removed, not replaced)."""
+        try:
+            now, held = os.lstat(self.path / LOCK), os.fstat(fd)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
-        """Remove the lock file and release the lock (a no-op when not held)."""
+        """Remove the lock file (only the one this run made or took over) and release the lock (a no-op when
+        not held)."""
         if self._lock is not None:
-            (self.path / LOCK).unlink(missing_ok=True)
+            if self._holds(self._lock):
+                (self.path / LOCK).unlink(missing_ok=True)
             os.close(self._lock)
             self._lock = None
 
@@ -174,7 +231,8 @@ class RunDir:
 
         atomic_write(self.path / LOG, write)
         try:
-            self._log = open(self.path / LOG, "a", newline="")
+            refuse_link(self.path / LOG, "the run file", OTHER_OUT)
+            self._log = open(self.path / LOG, "a", newline="", opener=no_follow)
         except OSError as e:
             raise self._write_error(e) from None
         self._writer = csv.DictWriter(self._log, LOG_FIELDS, extrasaction="ignore")

@@ -201,7 +201,7 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
 
 
 def _open(config: Config, out: Path, images: Images, data: Path | None, resume: ckpt.Checkpoint | None,
-          force: bool, group: Group) -> tuple[int, list[dict], RunDir]:
+          force: bool, group: Group, val: Path | None = None) -> tuple[int, list[dict], RunDir]:
     """Check the rest of what a run needs — the images, its length, the resumed log — then prepare and
     lock the run folder and write config.yaml: nothing is written or removed before everything is checked."""
     t = config.train
@@ -214,7 +214,7 @@ def _open(config: Config, out: Path, images: Images, data: Path | None, resume: 
     run = RunDir(out)
     rows = run.read_log(resume.step) if resume is not None and group.is_main else []
     if group.is_main:
-        run.prepare(force, resume.path if resume is not None else None, data)
+        run.prepare(force, resume.path if resume is not None else None, data, val, None if resume else t.init)
         try:
             run.write_config(config)
         except InputError:
@@ -252,7 +252,7 @@ def train(
     validation = Validation.open(val, config, physics_from(config), device) if val and group.is_main else None
     state = new_state(config, device, resume, trust_code)
     config = ckpt.started_config(config, state.scheme) if resume is None else config
-    total, rows, run = _open(config, out, images, data, resume, force, group)
+    total, rows, run = _open(config, out, images, data, resume, force, group, val)
     start = resume.step if resume is not None else 0
     r = _Run(config, state, run, data, group, start, rows, validation=validation)
     r.best = max((float(row["val_psnr"]) for row in rows if row.get("val_psnr")), default=-math.inf)

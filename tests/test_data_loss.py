@@ -31,6 +31,7 @@ from reliability import (
 )
 
 from retune_cli import checkpoint as ckpt
+from retune_cli.files import temp_name
 from retune_cli.rundir import LOCK, folder_name
 
 
@@ -168,7 +169,7 @@ def test_a_stale_lock_and_temporary_files_of_a_killed_run_are_taken_over(s):
     """kill -9 leaves the lock file (its flock died with the process) and atomic_write's temporary files: the next
     run takes the lock, removes the temporary files of its own names (only those) and leaves no lock behind."""
     (s.run / LOCK).write_text("99999\n")
-    stale = [s.run / ".theta.safetensors.abc123.tmp", s.run / ".log.csv.x.tmp", s.run / ".psnr.png.y.tmp"]
+    stale = [temp_name(s.run / name) for name in ("theta.safetensors", "log.csv", "psnr.png")]
     for path in stale:
         path.write_bytes(b"torn")
     (s.run / ".notes.tmp").write_text("the user's")

@@ -299,3 +299,23 @@ def test_retune_gradient_of_the_new_problems_is_finite_and_nonzero(preset):
     g, solution = mode_gradient(scheme, obs, SolveOptions(2, 2), "retune", lambda x: torch.mean((x - clean) ** 2))
     assert solution.x.shape == clean.shape
     assert torch.all(torch.isfinite(g)) and float(g.abs().max()) > 0
+
+
+@pytest.mark.parametrize("K, T", [(3, 2), (1, 1)])
+def test_drs_inpainting_gradient_is_finite_at_small_K_T(K, T):
+    """Early DRS iterates of inpainting hold all-zero wavelet groups: their prox (inactive) must not give a
+    NaN gradient (a 0 · ∞ through ``where``) — the preset trains at any (K, T)."""
+    scheme = build_scheme(resolve("inpaint-wavelet-drs"))
+    clean = clean_image(64, 64).float()
+    obs = scheme.physics.simulate(clean, seed=0)
+    g, _ = mode_gradient(scheme, obs, SolveOptions(K, T), "retune", lambda x: torch.mean((x - clean) ** 2))
+    assert torch.all(torch.isfinite(g)) and float(g.abs().max()) > 0
+
+
+def test_weighted_group_prox_of_a_zero_group_has_a_finite_gradient():
+    w = torch.zeros(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    theta = torch.full((1, 3, 1, 1), 0.5, dtype=torch.float64, requires_grad=True)
+    out = weighted_group_prox(w, theta, 1.0, (1,))
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isfinite(w.grad).all() and torch.isfinite(theta.grad).all()

@@ -84,7 +84,6 @@ def train(
     Writes theta.safetensors, config.yaml, log.csv and psnr.png into the run folder.
     """
     with user_errors():
-        from ..data import list_images
         from ..grid import plan
         from ..yamlfiles import parse_set
         from .common import device_from, set_threads
@@ -97,11 +96,25 @@ def train(
         overrides = {f"train.{k}": v for k, v in values.items() if v is not None} | parse_set(set_ or [])
         runs = plan(preset, overrides, out, data, resume, grid, force, trust_code)
         if val is not None:
+            from ..data import list_images
+
             list_images(val, "--val")  # before any progress is drawn
+        _check_run_folders(runs, val)
         set_threads(threads)
         results = _train_all(runs, device_from(device), force, trust_code, val)
         if results:
             _report(runs, results)
+
+
+def _check_run_folders(runs, val: Path | None) -> None:
+    """Before the first run trains: every run folder (and a grid's own) apart from --data, --val and --init, with
+    no run file that is a link."""
+    from ..rundir import check_run_folder
+
+    for _, cfg, folder in runs.runs:
+        check_run_folder(folder, runs.data, val, cfg.train.init if runs.checkpoint is None else None)
+    if runs.grid_folder is not None:
+        check_run_folder(runs.grid_folder, runs.data, val)
 
 
 def _progress(quiet: bool):
@@ -177,11 +190,12 @@ def _warn_if_unlearned(config, data, result) -> None:
 
 def _total_steps(steps: int | None, more_steps: int | None, resume: Path | None, trust_code: bool) -> int | None:
     """``--steps`` (a total), or the resumed checkpoint's step + ``--more-steps``."""
-    from .. import checkpoint as ckpt
     from ..errors import InputError
 
     if more_steps is None:
         return steps
     if resume is None or steps is not None:
         raise InputError("--more-steps N continues a --resume run by N steps; give it with --resume, without --steps")
+    from .. import checkpoint as ckpt  # torch: only to resume
+
     return ckpt.load(resume, trust_code).step + more_steps

@@ -171,9 +171,11 @@ def weighted_group_prox(w: torch.Tensor, theta: torch.Tensor, tau, dims: tuple[i
     group). Newton runs without a graph; one last step with it gives the exact implicit derivative,
     since the Newton map is flat at its root.
     """
-    w2t2 = (w * theta) ** 2
     tt2 = tau * theta**2
     active = torch.sum((w / theta) ** 2, dim=dims, keepdim=True) > tau**2
+    # an inactive group (all zero, say) would give 1/r = ∞ and a NaN gradient through where(): any finite
+    # value stands in for its w²θ², since its branch is not taken
+    w2t2 = torch.where(active, (w * theta) ** 2, torch.ones_like(w))
     with torch.no_grad():
         rho = torch.zeros_like(torch.sum(w2t2, dim=dims, keepdim=True))
         for _ in range(newton_steps):
