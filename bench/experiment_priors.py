@@ -13,7 +13,8 @@ deblurring (channel-wise uniform blur of width 25, σ = 0.05). For each task and
 * ``observation``: the degraded input.
 
 Every row is scored by :func:`retune_cli.evaluate.evaluate` (seed 0: every row sees the same observations)
-at the checkpoint's own T and restarts. Output ``bench/results/experiment_priors.json``::
+at the checkpoint's own T and restarts, or with ``--eval-T N --eval-accelerate anderson`` near the fixed
+point (what ReTune's gradient aims at). Output ``bench/results/experiment_priors.json``::
 
     {"experiment", "setup": {...}, "tasks": {task: {"observation": {"psnr", "ssim"},
        "priors": {preset: {"learned": {"psnr", "ssim", "train_seconds", "final_train_psnr"},
@@ -48,12 +49,12 @@ TASKS = {
 GRID = [0.001 * 2**i for i in range(11)]  # 0.001 … 1.024, a factor 2 apart; the best is refined by √2
 
 
-def _score(path: Path, heldout: Path) -> dict:
-    result = evaluate([path], data=heldout, seed=0)
+def _score(path: Path, heldout: Path, solve: dict) -> dict:
+    result = evaluate([path], data=heldout, seed=0, **solve)
     return scores(result, result.labels[0]) | {"observation": scores(result, "observation")}
 
 
-def hand_tuned(config, work: Path, heldout: Path, grid: list[float]) -> dict:
+def hand_tuned(config, work: Path, heldout: Path, grid: list[float], solve: dict) -> dict:
     """The uniform start ``init_lambda = w`` for each w of ``grid``, then the best one's √2 neighbours,
     scored on the held-out images."""
     rows = []
@@ -61,7 +62,7 @@ def hand_tuned(config, work: Path, heldout: Path, grid: list[float]) -> dict:
     def score(w: float) -> None:
         path = work / f"lambda-{w:.4g}.safetensors"
         save_initial(path, with_overrides(config, {"model.init": "paper", "model.init_lambda": w}, "sweep"))
-        rows.append({"init_lambda": w, **_score(path, heldout)})
+        rows.append({"init_lambda": w, **_score(path, heldout, solve)})
         print(f"    λ = {w:.4g}: {rows[-1]['psnr']:.2f} dB", flush=True)
 
     def best() -> dict:
@@ -81,9 +82,9 @@ def run_prior(preset: str, overrides: dict, args, train_dir: Path, heldout: Path
     config = resolve(preset, overrides | {"train.steps": args.steps, "train.crop": args.crop})
     print(f"{preset}:", flush=True)
     seconds, _, log = train_run(config, work / preset, train_dir, reuse=args.keep)
-    learned = _score(work / preset / "theta.safetensors", heldout)
+    learned = _score(work / preset / "theta.safetensors", heldout, args.solve)
     print(f"  learned: {learned['psnr']:.2f} dB", flush=True)
-    sweep = hand_tuned(config, work / f"{preset}-sweep", heldout, GRID[::4] if args.quick else GRID)
+    sweep = hand_tuned(config, work / f"{preset}-sweep", heldout, GRID[::4] if args.quick else GRID, args.solve)
     final = read_log(work / preset / "log.csv")[-1][2]
     return {"learned": learned | {"train_seconds": seconds, "final_train_psnr": final, "log": log},
             "hand_tuned": sweep}
@@ -121,11 +122,14 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "experiment_priors.json")
     parser.add_argument("--keep", action="store_true", help="reuse finished runs in --work")
+    parser.add_argument("--eval-T", type=int, default=None, help="restarts when scoring (default: the run's T)")
+    parser.add_argument("--eval-accelerate", default=None, help="none or anderson (default: the run's)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 held-out 32² crops")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.crop, args.side, args.json = 2, 32, 32, Path("/tmp/retune-bench/experiment_priors.json")
+    args.solve = {"T": args.eval_T, "accelerate": args.eval_accelerate}
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="retune-priors-"))
     train_dir, held, _, names = split(DATA, work)
@@ -148,7 +152,7 @@ def main() -> None:
         r["vs_hand_tuned_tv_db"] = r["learned_psnr"] - tv[0] if tv else None
     setup = {"data": "CBSD68 (first 60 train, last 8 held out)", "heldout": names, "steps": args.steps,
              "crop": args.crop, "side": args.side, "batch": 4, "seed": 0, "threads": 1, "grid": GRID,
-             "torch": torch.__version__}
+             "eval": args.solve, "torch": torch.__version__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"experiment": "priors", "setup": setup, "tasks": results, "table": table},
                                     indent=1))

@@ -1,15 +1,10 @@
-"""Validation of a :class:`~.config.Config`: choices and ranges, each error naming its key."""
+"""Validation of a :class:`~.config.Config`: choices and ranges, each error naming its key (the engine's
+registries, torch with them, imported by the checks, not with this module)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .core.adjoint import ADJOINT_SOLVERS
-from .core.fixed_point import ACCELERATIONS
-from .core.hypergrad import GRADIENT_MODES
-from .core.operators import PHYSICS
-from .core.priors import WEIGHTS
-from .core.schemes import STEP_RULES
 from .errors import InputError
 from .limits import check_cost
 
@@ -31,14 +26,15 @@ def _choice(value: str, choices, key: str) -> None:
 
 def _validate_physics(config: Config) -> None:
     """The physics must be registered and its options in range."""
+    from .core.operators import PHYSICS
+    from .models import physics_from
+
     p = config.physics
     _choice(p.name, PHYSICS, "physics.name")
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     for key, low, high in (("blur_width", 1, 1024), ("kernel_size", 1, 1024), ("factor", 2, 64)):
         _check(low <= getattr(p, key) <= high, f"physics.{key} must be between {low} and {high} (kernels, factors)")
-    from .models import physics_from
-
     try:
         physics_from(config)
     except ValueError as e:
@@ -47,6 +43,9 @@ def _validate_physics(config: Config) -> None:
 
 def _validate_model(config: Config) -> None:
     from .components import composed_class, prior_class
+    from .core.operators import PHYSICS
+    from .core.priors import WEIGHTS
+    from .core.schemes import STEP_RULES
 
     m, p = config.model, config.physics
     try:
@@ -77,6 +76,10 @@ def _validate_model(config: Config) -> None:
 
 
 def _validate_train(config: Config) -> None:
+    from .core.adjoint import ADJOINT_SOLVERS
+    from .core.fixed_point import ACCELERATIONS
+    from .core.hypergrad import GRADIENT_MODES
+
     t = config.train
     _choice(t.gradient, GRADIENT_MODES, "train.gradient")
     _choice(t.adjoint_solver, ADJOINT_SOLVERS, "train.adjoint_solver")

@@ -6,6 +6,7 @@ Every lookup of a component by name goes through here, so that the built-in modu
 plugins are imported (registered) first; nothing else branches on a component's name. A config's
 plugin files are relative to the folder of the YAML file that lists them and are imported only when
 the caller trusts the config (``--trust-code``); installed plugins are trusted as any installed code.
+The engine (and torch) is imported on the first lookup, not with this module.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .core.custom import UserCodeError, import_user_module
-from .core.physics import PHYSICS, Physics
-from .core.prior import PRIORS, Prior
-from .core.scheme import SCHEMES, SPECIALIZED, Scheme, scheme_class
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .core.physics import Physics
+    from .core.prior import Prior
+    from .core.scheme import Scheme
 
 ENTRY_POINTS = "retune.plugins"
 BUILTIN = ("retune_cli.core.operators", "retune_cli.core.wavelet_prior", "retune_cli.core.schemes",
@@ -34,6 +37,8 @@ def load_components() -> None:
     global _loaded
     if _loaded:
         return
+    from .core.custom import import_user_module
+
     for module in BUILTIN:
         importlib.import_module(module)
     for entry in entry_points(group=ENTRY_POINTS):
@@ -81,6 +86,8 @@ def plugin_specs(value: object, source: str, folder: Path | None = None, trust_c
 def load_plugins(specs: list[str]) -> None:
     """Import a config's plugins (once per process), registering their components; an error in their
     code is an :class:`InputError` naming the file, the line and the function."""
+    from .core.custom import UserCodeError, import_user_module
+
     load_components()
     for spec in specs:
         if spec in _plugins:
@@ -95,6 +102,8 @@ def load_plugins(specs: list[str]) -> None:
 
 
 def physics_class(name: str) -> type[Physics]:
+    from .core.physics import PHYSICS
+
     load_components()
     if name not in PHYSICS:
         raise ValueError(f"physics.name must be one of {', '.join(sorted(PHYSICS))}, not {name!r}")
@@ -102,6 +111,8 @@ def physics_class(name: str) -> type[Physics]:
 
 
 def prior_class(name: str) -> type[Prior]:
+    from .core.prior import PRIORS
+
     load_components()
     if name not in PRIORS:
         raise ValueError(f"model.prior must be one of {', '.join(sorted(PRIORS))}, not {name!r}")
@@ -110,14 +121,20 @@ def prior_class(name: str) -> type[Prior]:
 
 def composed_class(scheme: str, prior: str, physics: str | None = None) -> type[Scheme]:
     """The scheme class for ``model.scheme`` × ``model.prior`` (× ``physics.name``), or ``ValueError``."""
+    from .core.scheme import scheme_class
+
     return scheme_class(scheme, prior_class(prior), physics_class(physics) if physics else None)
 
 
 def scheme_names() -> list[str]:
+    from .core.scheme import SCHEMES, SPECIALIZED
+
     load_components()
     return sorted(set(SCHEMES) | {name for name, _ in SPECIALIZED})
 
 
 def prior_names() -> list[str]:
+    from .core.prior import PRIORS
+
     load_components()
     return sorted(PRIORS)

@@ -1,4 +1,5 @@
-"""Presets and ``--set key=value`` overrides → a typed, validated :class:`Config`."""
+"""Presets and ``--set key=value`` overrides → a typed, validated :class:`Config` (the engine, torch, is
+imported by the checks that need the registries: an unknown preset is refused before)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import yaml
 
 from .checks import check_overrides, validate
 from .components import composed_class, load_plugins, physics_class, plugin_specs, prior_class
-from .core.operators import PHYSICS
 from .errors import InputError
 from .limits import FLOAT32_MAX
 from .yamlfiles import MAX_YAML_BYTES, load_preset, load_yaml, preset_folder
@@ -266,6 +266,8 @@ def from_yaml(text: str, source: str, trust_code: bool = False) -> Config:
         data["model"].setdefault("init", "paper")  # stored before model.init existed: the paper's start
     if isinstance(data, dict):
         data["plugins"] = plugin_specs(data.get("plugins"), source, trust_code=trust_code)
+    from .core.operators import PHYSICS  # the built-in physics, registered (imports the engine)
+
     if not trust_code and isinstance(name, str) and name in PHYSICS and PHYSICS[name].runs_user_code:
         factory = reprlib.repr(physics.get("factory"))
         raise InputError(f"{source} runs Python code (physics.factory {factory}); pass --trust-code if you trust it")

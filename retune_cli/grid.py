@@ -71,12 +71,13 @@ def plan(preset: str | None, overrides: dict, out: Path | None, data: Path | Non
     """Resolve the config (a preset and overrides, or a resumed checkpoint's with its length changed)
     and the runs; checks the grid's folder before anything trains."""
     from . import DEFAULT_PRESET
-    from . import checkpoint as ckpt
     from .config import for_resume, resolve
     from .rundir import RunDir, default_folder
 
     checkpoint = None
     if resume is not None:
+        from . import checkpoint as ckpt  # torch: only to resume
+
         checkpoint = ckpt.load(resume, trust_code)
         check_preset(preset, checkpoint.config, resume)
         config = for_resume(checkpoint.config, overrides, str(resume))

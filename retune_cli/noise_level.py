@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .core.physics import ChannelGaussianNoise
 from .errors import InputError
 from .models import CHANNELS, per_channel
 
@@ -83,5 +82,7 @@ def rescale(scheme, trained: Sequence[float], sigma: float | Sequence[float], so
         factors, scaled = scheme.theta.scale_noise(trained, given)
     except ValueError:
         raise InputError(f"--sigma: {source}'s prior ({scheme.theta.name}) has no known noise scaling") from None
+    from .core.noise import ChannelGaussianNoise  # deepinv's: imported when a physics needs its noise
+
     scheme.physics.noise = ChannelGaussianNoise(given)
     return NoiseScaling(trained, given, factors, scaled)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import torch
-from deepinv.physics import NoiseModel
 
 Params = dict[str, torch.Tensor]
 
@@ -64,27 +63,13 @@ class UserOperator:
     meaning: str  # shown in messages, e.g. "white = known pixels"
 
 
-class ChannelGaussianNoise(NoiseModel):
-    """White Gaussian noise with one standard deviation per channel: ``ε_c ~ N(0, σ_c² I)``.
-
-    (deepinv's ``GaussianNoise`` reads a 1-D σ as one value per *sample*, not per channel.)
-    """
-
-    def __init__(self, sigma: Sequence[float]):
-        super().__init__()
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).flatten()
-        if sigma.numel() == 0 or not torch.all(torch.isfinite(sigma)) or torch.any(sigma < 0):
-            raise ValueError("noise sigma must be finite and non-negative")
-        self.register_buffer("sigma", sigma)
-
-    def forward(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        channels = x.shape[1]
-        if self.sigma.numel() not in (1, channels):
-            raise ValueError(f"{self.sigma.numel()} noise levels for {channels} channels")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
-        sigma = self.sigma.to(x).view(1, -1, 1, 1)
-        return x + sigma * noise
+def noise_levels(sigma: Sequence[float]) -> torch.Tensor:
+    """The noise's standard deviations, one per channel (or one for all), as a float32 vector;
+    ``ValueError`` unless there is one at least, all finite and non-negative."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32).flatten()
+    if sigma.numel() == 0 or not torch.all(torch.isfinite(sigma)) or torch.any(sigma < 0):
+        raise ValueError("noise sigma must be finite and non-negative")
+    return sigma
 
 
 class Physics:
@@ -104,7 +89,21 @@ class Physics:
     runs_user_code: ClassVar[bool] = False  # building it imports code named in the config
 
     def __init__(self, sigma: Sequence[float]):
-        self.noise = ChannelGaussianNoise(sigma)
+        self._sigma = noise_levels(sigma)  # checked now; the noise model (deepinv's) is built on first use
+        self._noise = None
+
+    @property
+    def noise(self):
+        """The noise model, a :class:`~.noise.ChannelGaussianNoise` of this physics' σ unless one was set."""
+        if self._noise is None:
+            from .noise import ChannelGaussianNoise
+
+            self._noise = ChannelGaussianNoise(self._sigma)
+        return self._noise
+
+    @noise.setter
+    def noise(self, model) -> None:
+        self._noise = model
 
     def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -189,3 +188,12 @@ def operator_norm(physics: Physics, like: torch.Tensor, params: Params | None = 
             break
         value, v = new, w
     return max(value, 0.0) ** 0.5
+
+
+def __getattr__(name: str):
+    """``ChannelGaussianNoise``, still importable from here: its module imports deepinv, so on first use only."""
+    if name == "ChannelGaussianNoise":
+        from .noise import ChannelGaussianNoise
+
+        return ChannelGaussianNoise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
