@@ -1,7 +1,7 @@
 """The Python API: a checkpoint as a torch module, training from a notebook.
 
     restorer = retune_cli.load("runs/bc/theta.safetensors")   # an nn.Module
-    x_hat = restorer(y)            # y: (3, H, W) or (N, 3, H, W) in [0, 1], any size, any device
+    x_hat = restorer(y)            # y: (3, H, W) or (N, 3, H, W) in [0, 1] (or uint8), any size, any device
     model = restorer.to_deepinv()  # a deepinv Reconstructor: model(y, physics), deepinv.test(model, …)
     noisier = retune_cli.load("runs/bc/theta.safetensors", sigma=0.2)   # thresholds × 0.2/σ_train
     restorer = retune_cli.fit("denoise-wavelet-b", images, out="runs/nb", overrides={"train.steps": 20})
@@ -26,14 +26,17 @@ from .core.physics import Observation, Params
 from .data import Images, TensorImages
 from .restore import Model, load_model, run
 from .train import StepReport, train
+from .values import binary_mask, check_budget, keep_warning, unit_range
 
 
 class Restorer(nn.Module):
     """A checkpoint's restarted scheme as a module: ``x̂ = Φ_K^T(y)`` (T restarts of K steps, or
     restarts until ``‖u_t − u_{t−1}‖/‖u_t‖ ≤ tol``), with the checkpoint's physics and θ. No gradient
-    flows through it (learn θ with :func:`fit`)."""
+    flows through it (learn θ with :func:`fit`). ``T`` (an integer ≥ 1) and ``tol`` (finite, ≥ 0) are
+    checked here: ``ValueError`` naming them."""
 
     def __init__(self, model: Model, T: int | None = None, tol: float | None = None) -> None:
+        check_budget(T, tol, ValueError)
         super().__init__()
         self.scheme = model.scheme
         self.checkpoint = model.checkpoint
@@ -49,19 +52,40 @@ class Restorer(nn.Module):
 
     def forward(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         """Restore ``y`` ``(3, H, W)`` or ``(N, 3, H, W)`` (moved to the module's device; the result comes
-        back on ``y``'s device and dtype); ``params``: the physics' operator, e.g. ``{"mask": m}``."""
+        back on ``y``'s device, in ``y``'s float dtype or float32); ``params``: the physics' operator, e.g.
+        ``{"mask": m}`` (0/1, white = kept, ``(N or 1, 1, H, W)``). ``y`` passes :func:`~.values.unit_range`
+        as an observation (``uint8`` scaled, 0–255 floats refused): ``ValueError`` naming what is wrong."""
         if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4) or y.shape[-3] != 3:
             raise ValueError(f"expected an image tensor (3, H, W) or (N, 3, H, W), got {getattr(y, 'shape', y)}")
-        physics = self.scheme.physics
-        if not params and physics.needs_user_operator:
-            spec = physics.user_operator
-            raise ValueError(f"this checkpoint's physics is {physics.name}: pass params={{{spec.flag!r}: …}} "
-                             f"({spec.meaning})")
-        batch = y if y.dim() == 4 else y.unsqueeze(0)
-        params = {k: v.to(self.device) for k, v in (params or {}).items()}
-        obs = Observation(batch.to(self.device, torch.float32), params)
+        params = self._checked_params(params or {}, y)
+        batch = unit_range(y if y.dim() == 4 else y.unsqueeze(0), "y", observed=True, error=ValueError)
+        obs = Observation(batch.to(self.device), params)
         x = run(Model(self.checkpoint, self.scheme), obs, self.T, self.tol).x
         return (x if y.dim() == 4 else x[0]).to(y.device, y.dtype if y.is_floating_point() else torch.float32)
+
+    def _checked_params(self, params: Params, y: torch.Tensor) -> Params:
+        """``params`` on the module's device, refused unless they are the physics' own (a mask binary, of
+        ``y``'s size, keeping a pixel; one keeping far fewer than training did warns)."""
+        physics, spec = self.scheme.physics, self.scheme.physics.user_operator
+        takes = f"it takes params={{{spec.flag!r}: …}} ({spec.meaning})" if spec else "it takes no params"
+        unknown = sorted(set(params) - ({spec.flag} if spec else set()), key=str)
+        if unknown:
+            raise ValueError(f"params[{unknown[0]!r}] is no parameter of this checkpoint's physics "
+                             f"{physics.name}; {takes}")
+        if not params and physics.needs_user_operator:
+            raise ValueError(f"this checkpoint's physics is {physics.name}: pass params={{{spec.flag!r}: …}} "
+                             f"({spec.meaning})")
+        params = dict(params)
+        if "mask" in params:
+            mask = params["mask"]
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape[-2:]) != tuple(y.shape[-2:]):
+                raise ValueError(f"params['mask'] is {tuple(getattr(mask, 'shape', ()))}; y is {tuple(y.shape)}: "
+                                 "a mask is (N or 1, 1, H, W) of y's H, W")
+            params["mask"] = binary_mask(mask, "params['mask']", ValueError)
+            line = keep_warning(params["mask"], getattr(physics, "keep", None), "params['mask']", self.checkpoint.path)
+            if line:
+                warnings.warn(line, UserWarning, stacklevel=4)
+        return {k: v.to(self.device) for k, v in params.items()}
 
     def to_deepinv(self) -> DeepinvRestorer:
         """This restorer as a deepinv ``Reconstructor`` (for ``deepinv.test`` and deepinv pipelines)."""

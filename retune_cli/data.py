@@ -18,6 +18,7 @@ import torch
 
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, read_image
+from .values import unit_range
 
 CACHE_BYTES = 2 * 1024**3
 
@@ -108,7 +109,7 @@ class ImageFolder(Images):
 class TensorImages(Images):
     """Training images held in memory: a tensor ``(N, C, H, W)``, a sequence of ``(C, H, W)`` tensors,
     or any torch ``Dataset`` whose items are such a tensor (or a tuple starting with one), values in
-    [0, 1]; one channel is repeated to RGB."""
+    [0, 1] or ``uint8``/``uint16`` (:func:`~.values.unit_range`); one channel is repeated to RGB."""
 
     def __init__(self, source) -> None:
         self.skipped = []
@@ -128,9 +129,7 @@ class TensorImages(Images):
         if not isinstance(item, torch.Tensor) or item.dim() != 3 or item.shape[0] not in (1, 3):
             kind = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
             raise InputError(f"{self.name(i)} is {kind}, not an image tensor (C, H, W) with C = 1 or 3")
-        if not item.is_floating_point() or not torch.all(torch.isfinite(item)):
-            raise InputError(f"{self.name(i)}: an image is a finite floating-point tensor with values in [0, 1]")
-        return item.detach().to("cpu", torch.float32).expand(3, -1, -1)
+        return unit_range(item.detach().to("cpu"), self.name(i)).expand(3, -1, -1)
 
 
 def open_images(data: Path | Images | None) -> Images:

@@ -1,12 +1,12 @@
 """Reading and writing images as float tensors ``(3, H, W)`` with values in [0, 1].
 
 Read: anything Pillow opens (PNG, JPEG, TIFF, BMP, WebP…); 16-bit PNG and TIFF keep their 16 bits
-(pypng, tifffile); float TIFF and ``.npy`` arrays ``H×W×C`` (or ``H×W``) of real numbers as stored.
-Grayscale and palette images are converted to RGB, an alpha channel is dropped, CMYK is converted to
-RGB. Every read goes through :func:`~.files.reading` (a regular file; any decoder failure names it);
-images with non-finite values are refused. Write, by suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16
-bits (clipped to [0, 1]), ``.jpg``/``.jpeg`` in 8 bits (JPEG quality 1–100), ``.npy`` float32 ``H×W×C`` not clipped.
-"""
+(pypng, tifffile); float TIFF and ``.npy`` arrays ``H×W×C`` (or ``H×W``). Grayscale and palette images
+are converted to RGB, an alpha channel is dropped, CMYK is converted to RGB. Every read goes through
+:func:`~.files.reading` (a regular file; any decoder failure names it); the values then pass the one
+policy of :mod:`.values` (integers scaled by their range, floats in [0, 1], masks binary). Write, by
+suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16 bits (clipped to [0, 1]), ``.jpg``/``.jpeg``
+in 8 bits (JPEG quality 1–100), ``.npy`` float32 ``H×W×C`` not clipped."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from .errors import InputError
 from .files import atomic_write, check_outputs, reading
+from .values import binary_mask, unit_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 WRITE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
@@ -54,9 +55,10 @@ def _check_pixels(width: int, height: int) -> None:
         raise Image.DecompressionBombError(f"{width}×{height} pixels")
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """A float32 copy of a ``.npy`` array of real numbers, its header checked before anything is
-    allocated (memory-mapped: a header promising more than the file holds is refused)."""
+def _load_npy(path: Path, as_float: bool = True) -> np.ndarray:
+    """A copy of a ``.npy`` array of real numbers (float32, or its own dtype unless ``as_float``), its
+    header checked before anything is allocated (memory-mapped: a header promising more than the file
+    holds is refused)."""
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if not isinstance(array, np.ndarray):
         array.close()
@@ -64,7 +66,7 @@ def _load_npy(path: Path) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise ValueError(f"its dtype {array.dtype} is not real numbers")
     _check_pixels(array.size // 4, 1)  # as many values as the guard's count of RGBA pixels
-    return np.array(array, dtype=np.float32)
+    return np.array(array, dtype=np.float32 if as_float else array.dtype.newbyteorder("="))
 
 
 def _decoded(path: Path, what: str, decode) -> np.ndarray:
@@ -83,11 +85,11 @@ def read_array(path: Path | str, what: str) -> np.ndarray:
     return _decoded(Path(path), what, _load_npy)
 
 
-def _read_array(path: Path) -> np.ndarray:
-    """Float array ``H×W×3`` in [0, 1] (``.npy``: as stored)."""
+def _read_raw(path: Path) -> np.ndarray:
+    """Array ``H×W×3`` of the values as stored (``uint8``, ``uint16``, floats…), for :mod:`.values`."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _to_rgb(_load_npy(path))
+        return _to_rgb(_load_npy(path, as_float=False))
     width, height, depth = _png_header(path) if suffix == ".png" else (0, 0, 8)
     if depth == 16:
         import png
@@ -98,36 +100,54 @@ def _read_array(path: Path) -> np.ndarray:
             array = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
         except png.Error as e:
             raise ValueError(str(e)) from None
-        return _to_rgb(array.astype(np.float32) / 65535.0)
+        return _to_rgb(array)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             _check_pixels(page.imagewidth, page.imagelength)
-            if page.dtype == np.uint16:
-                return _to_rgb(page.asarray().astype(np.float32) / 65535.0)
-            if page.dtype is not None and page.dtype.kind == "f":  # as stored, like .npy
-                return _to_rgb(page.asarray().astype(np.float32))
+            if page.dtype is not None and (page.dtype == np.uint16 or page.dtype.kind == "f"):
+                return _to_rgb(page.asarray())
+    return _read_pillow(path)
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """What Pillow decodes: 8-bit RGB, 16-bit integers as ``uint16``, 32-bit floats as they are."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            return _to_rgb(np.asarray(im, dtype=np.float32) / 65535.0)
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        if im.mode == "F":
+            return _to_rgb(np.asarray(im, dtype=np.float32))
+        if im.mode.startswith("I"):
+            array = np.asarray(im)
+            fits = array.size and 0 <= array.min() and array.max() <= 65535
+            return _to_rgb(array.astype(np.uint16) if fits else array)
+        return np.asarray(im.convert("RGB"))
 
 
-def read_image(path: Path | str, what: str = "image") -> torch.Tensor:
-    """``(3, H, W)`` float32 tensor; :class:`InputError` for a missing, unreadable, non-image, empty or
-    non-finite file (``what`` names it in messages, e.g. ``--mask``)."""
-    path = Path(path)
-    array = _decoded(path, what, _read_array)
+def _read_checked(path: Path, what: str) -> np.ndarray:
+    array = _decoded(path, what, _read_raw)
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{what} {path} is empty")
-    if not np.isfinite(array).all():
-        raise InputError(f"{what} {path} has non-finite values (NaN or ±inf)")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return array
+
+
+def read_image(path: Path | str, what: str = "image", observed: bool = False) -> torch.Tensor:
+    """``(3, H, W)`` float32 tensor in [0, 1] (:func:`~.values.unit_range`; ``observed``: an observation
+    to restore, kept as stored); :class:`InputError` for a missing, unreadable, non-image, empty,
+    non-finite or out-of-range file (``what`` names it in messages, e.g. ``--reference``)."""
+    path = Path(path)
+    array = unit_range(_read_checked(path, what), f"{what} {path}", observed)
+    return array.permute(2, 0, 1).contiguous()
+
+
+def read_mask(path: Path | str, what: str = "--mask") -> torch.Tensor:
+    """A mask image as a ``(3, H, W)`` float32 tensor of 0 and 1 (white = kept), refused unless binary
+    and keeping a pixel (:func:`~.values.binary_mask`)."""
+    path = Path(path)
+    return binary_mask(_read_checked(path, what).transpose(2, 0, 1), f"{what} {path}")
 
 
 def _check_format(path: Path, bits: int, what: str) -> None:

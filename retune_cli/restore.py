@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,11 @@ from .core.hypergrad import GRADIENT_MODES, Solution, restore
 from .core.physics import Observation, Params, UserOperator
 from .core.schemes import NoValidStep
 from .errors import InputError
-from .images import read_array, read_image
+from .images import read_array, read_image, read_mask
 from .limits import check_cost
 from .models import build_scheme
 from .noise_level import NoiseScaling, rescale
+from .values import check_budget, keep_warning
 
 MAX_RESTARTS_WITH_TOL = 1000
 KERNEL_SUM_TOL = 1e-3
@@ -56,7 +58,8 @@ def restart_budget(t: TrainConfig, T: int | None = None, tol: float | None = Non
     """``(max restarts, tolerance)``: ``T`` restarts, or up to ``T`` (default 1000) restarts until the
     relative residual is ≤ ``tol``. With neither, what training did: the checkpoint's T, or for a
     checkpoint trained at the fixed point (jfb, deq) restarts to its ``train.tol`` (at most its
-    ``train.max_restarts``)."""
+    ``train.max_restarts``). A ``T`` under 1 or a ``tol`` not finite and ≥ 0 is refused."""
+    check_budget(T, tol)
     if tol is None and T is None and GRADIENT_MODES[t.gradient].equilibrium:
         return t.max_restarts, t.tol
     if tol is None:
@@ -107,7 +110,10 @@ def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
 
 
 def _read_operator(path: Path, spec: UserOperator) -> torch.Tensor:
+    """A user's operator file: a mask (binary, :func:`~.images.read_mask`), an image or an array."""
     flag = f"--{spec.flag}"
+    if spec.flag == "mask":
+        return read_mask(path, flag)
     return read_image(path, flag) if spec.reads == "image" else torch.from_numpy(read_array(path, flag))
 
 
@@ -128,11 +134,12 @@ def _check_kernel_sum(kernel: torch.Tensor, path: Path) -> None:
 
 
 def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | None],
-                  normalize_kernel: bool = False) -> Params | None:
+                  normalize_kernel: bool = False, on_warning: Callable[[str], None] | None = None) -> Params | None:
     """The physics' parameters from a user's file (``{"mask": path, "kernel": path}``, as the flags),
     or None when none is given; the physics says which flag it takes and how it reads it. With
     ``normalize_kernel`` a kernel is divided by its sum first (otherwise one that does not sum to 1
-    is refused, the message offering ``--normalize-kernel``)."""
+    is refused, the message offering ``--normalize-kernel``). A mask keeping far fewer pixels than
+    training did gives ``on_warning`` a line (default: a ``UserWarning``)."""
     physics = model.scheme.physics
     if normalize_kernel and operators.get("kernel") is None:
         raise InputError("--normalize-kernel applies to a --kernel FILE; give one or drop it")
@@ -154,6 +161,9 @@ def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | N
         raise InputError(f"--{spec.flag} {path}: {e}") from None
     if spec.flag == "kernel":
         _check_kernel_sum(params["kernel"], path)
+    if spec.flag == "mask" and (line := keep_warning(params["mask"], getattr(physics, "keep", None),
+                                                     f"--mask {path}", model.checkpoint.path)):
+        (on_warning or (lambda m: warnings.warn(m, UserWarning, stacklevel=3)))(line)
     return {k: v.to(model.device) for k, v in params.items()}
 
 
@@ -197,16 +207,19 @@ def restore_file(
     accelerate: str | None = None,
     on_restart: Callable[[int, int], None] | None = None,
     reference: Path | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
     given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
     observation is restored at the physics' image size (``scale`` times larger for super-resolution).
-    ``reference``: a real clean image of the restored size, scored against (PSNR, SSIM)."""
+    ``reference``: a real clean image of the restored size, scored against (PSNR, SSIM). ``image``
+    passes :func:`~.values.unit_range` (as an observation, noise kept, unless simulated); a warning
+    (a mask keeping far too few pixels) goes to ``on_warning``."""
     check_scale(model, scale, image)
     if reference is not None and simulate_seed is not None:
         raise InputError("--reference scores against a real clean image; --simulate has its own: give one of them")
-    x = read_image(image).unsqueeze(0).to(model.device)
-    params = user_operator(model, x.shape, operators or {}, normalize_kernel)
+    x = read_image(image, observed=simulate_seed is None).unsqueeze(0).to(model.device)
+    params = user_operator(model, x.shape, operators or {}, normalize_kernel, on_warning)
     clean, obs = _observe(model, x, image, simulate_seed, params)
     if reference is not None:
         clean = read_image(reference, "--reference").unsqueeze(0).to(model.device)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .common import (
     DEVICE_OPTION,
@@ -82,12 +83,17 @@ def restore(
         set_threads(threads)
         model = _load_model(checkpoint, device, trust_code, sigma)
         options = dict(simulate_seed=seed if simulate else None, T=T, tol=tol, operators=operators, scale=scale,
-                       normalize_kernel=normalize_kernel, accelerate=accelerate, reference=reference)
+                       normalize_kernel=normalize_kernel, accelerate=accelerate, reference=reference,
+                       on_warning=_warn)
         if job is None:
             _restore_one(model, image, output or image.with_name(f"{image.stem}.restored.png"), save_observation,
                          (bits, quality), options)
         else:
             _restore_folder(model, job, bits, options)
+
+
+def _warn(line: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
 
 
 def _check_outputs(checkpoint: Path, image: Path, output: Path | None, save_observation: Path | None,
