@@ -93,6 +93,7 @@ class Problem:
     u_hat: object
     omega: float
     fixed_point: dict
+    tol: float  # the restart residual û was solved to
 
 
 def _fixed_point_tol(dtype: torch.dtype) -> float:
@@ -101,7 +102,8 @@ def _fixed_point_tol(dtype: torch.dtype) -> float:
     return 1e-14 if dtype == torch.float64 else 1e-6
 
 
-def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int, source: str) -> Problem:
+def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtype, K: int, source: str,
+             tol: float) -> Problem:
     """The problem, its fixed point û found to machine precision; a θ (of ``source``) that leaves the
     scheme no valid step, or no finite fixed point, is refused."""
     device = next(scheme.parameters()).device
@@ -115,7 +117,7 @@ def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtyp
         except ValueError as e:  # what the physics or prior refuses
             raise InputError(f"{source}: {e}") from None
         u0 = scheme.init(ctx)
-        u_hat, stats = restarts(scheme, ctx, u0, K, _fixed_point_tol(dtype), 100000, "anderson")
+        u_hat, stats = restarts(scheme, ctx, u0, K, tol, 100000, "anderson")
         if not all(bool(torch.all(torch.isfinite(leaf))) for leaf in leaves(u_hat)):
             raise InputError(f"{source}: its θ gives a non-finite fixed point; θ is out of range")
         omega = float(scheme.contraction(ctx).detach())
@@ -124,7 +126,7 @@ def _problem(scheme, image: Path | None, crop: int, seed: int, dtype: torch.dtyp
         return torch.mean((x - clean) ** 2)
 
     stats_dict = {"fixed_point_residual": stats.residual, "fixed_point_restarts": stats.iterations}
-    return Problem(scheme, obs, loss, u0, u_hat, omega, stats_dict)
+    return Problem(scheme, obs, loss, u0, u_hat, omega, stats_dict, tol)
 
 
 class _Rows:
@@ -191,8 +193,21 @@ def _finite_differences(p: Problem, K: int, say: Callable[[str], None]) -> tuple
         return None, 0.0
     say("finite differences")
     start = time.perf_counter()
-    fd = implicit.finite_difference_gradient(p.scheme, p.obs, K, p.loss, start=p.u_hat)
+    fd = implicit.finite_difference_gradient(p.scheme, p.obs, K, p.loss, tol=p.tol, start=p.u_hat)
     return fd, time.perf_counter() - start
+
+
+def _check_options(Ks: list[int], Ts: list[int], solver: str, tol: float, fp_tol: float) -> float:
+    """The options refused in one line each; the fixed-point tolerance."""
+    if min(Ks) < 1 or min(Ts) < 1:
+        raise InputError("--K and --T values must be at least 1")
+    if solver not in ADJOINT_SOLVERS:
+        raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
+    if not tol >= 0:
+        raise InputError(f"--tol must be 0 or positive, not {tol}")
+    if not 0 < fp_tol < 1:
+        raise InputError(f"--fixed-point-tol must be in (0, 1), not {fp_tol}")
+    return fp_tol
 
 
 def compare_gradients(
@@ -209,16 +224,14 @@ def compare_gradients(
     on_progress: Callable[[str, int, int], None] | None = None,
     source: str = "θ",
     accelerate: bool = False,
+    fixed_point_tol: float | None = None,
 ) -> Comparison:
     """Table of every gradient mode and finite differences (see module doc); ``source`` names where θ
     comes from (a checkpoint, a preset) in messages; ``accelerate`` adds ``retune-anderson`` rows;
-    ``on_progress(stage, rows done, rows in all)`` as it goes."""
-    if min(Ks) < 1 or min(Ts) < 1:
-        raise InputError("--K and --T values must be at least 1")
-    if solver not in ADJOINT_SOLVERS:
-        raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
-    if not tol >= 0:
-        raise InputError(f"--tol must be 0 or positive, not {tol}")
+    ``on_progress(stage, rows done, rows in all)`` as it goes; ``fixed_point_tol``: û's restart residual
+    (default :func:`_fixed_point_tol`)."""
+    fp_tol = _check_options(Ks, Ts, solver, tol, _fixed_point_tol(dtype) if fixed_point_tol is None
+                            else fixed_point_tol)
     iterations = max(Ks) * max(Ts)  # the largest unrolled row keeps every iterate of a crop² image
     check_cost(f"--K {max(Ks)} × --T {max(Ts)} on a --crop {crop} image", iterations, iterations * 3 * crop**2,
                dtype.itemsize)
@@ -226,13 +239,13 @@ def compare_gradients(
     total = 1 + len(Ks) * equilibrium + len(Ks) * len(Ts) * (len(GRADIENT_MODES) - equilibrium + accelerate)
     report = on_progress or (lambda what, done, total: None)
     report("fixed point", 0, total)
-    p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source)
+    p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source, fp_tol)
     result = Comparison(_theta_names(p.scheme))
 
     def say(what: str) -> None:
         report(what, len(result.rows), total)
 
-    options = {"tol": _fixed_point_tol(dtype), "max_restarts": 100000,
+    options = {"tol": fp_tol, "max_restarts": 100000,
                "adjoint_solver": solver, "adjoint_tol": tol, "adjoint_max_iter": 1000}
     say("DEQ")
     o = SolveOptions(min(Ks), 1, **options)

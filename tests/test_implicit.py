@@ -335,7 +335,8 @@ def test_compare_grads_cli_writes_json_and_plot(tmp_path, comparison):
     assert "deq" in result.stdout and "jfb" in result.stdout
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--K", "0"), ("--K", "a"), ("--T", "1,-2"), ("--K", "")])
+@pytest.mark.parametrize(("flag", "value"), [("--K", "0"), ("--K", "a"), ("--T", "1,-2"), ("--K", ""),
+                                             ("--fixed-point-tol", "0"), ("--fixed-point-tol", "2")])
 def test_compare_grads_bad_lists_exit_2(flag, value):
     result = invoke("compare-grads", flag, value, "--crop", 32, "--device", "cpu")
     assert result.exit_code == 2, result.output
@@ -376,3 +377,18 @@ def test_train_logs_the_gradient_check(image_folder, tmp_path, clip):
         if checked:
             assert float(r["grad_cosine"]) > 0.999
             assert 0 <= float(r["grad_rel_err"]) < 1e-2
+
+
+def test_compare_grads_fixed_point_tolerance_and_skipped_finite_differences():
+    """A looser fixed point is honoured (and recorded); θ with more than FD_MAX_PARAMETERS entries skips
+    finite differences, saying so, with DEQ the reference of every row."""
+    from retune_cli.gradients import FD_MAX_PARAMETERS
+
+    config = resolve("denoise-filters", {"model.filters": 6, "model.filter_size": 5})
+    scheme = build_scheme(config)
+    assert sum(p.numel() for p in scheme.parameters() if p.requires_grad) > FD_MAX_PARAMETERS
+    result = compare_gradients(scheme, config, crop=16, Ks=[5], Ts=[2], fixed_point_tol=1e-8)
+    assert result.solver["fixed_point_residual"] <= 1e-8 and not result.solver["finite_differences"]
+    assert "fd" not in result.gradients and all(r["rel_err_fd"] is None for r in result.rows)
+    assert {r["method"] for r in result.rows} == {"deq", "jfb", "retune", "unrolled"}
+    assert all(0.5 < r["cosine_deq"] <= 1 + 1e-9 for r in result.rows)
