@@ -3,7 +3,8 @@
 Parameters are stored as logarithms (``theta.log_X``); shown as ``X = exp(log_X)``: λ_j per scale,
 Λ_b per band (× channel), PnP's σ and τ. For wavelet schemes also the weights themselves,
 ``θ_{j,b(,c)} = λ_j √Λ_{b(,c)}`` per scale j (1 = finest) × band (H, V, D) (× channel R, G, B). ``start``
-says where θ started: ``--init`` (another run's θ), PnP's (σ, τ), or the wavelet ``model.init``.
+says where θ started: ``--init`` (another run's θ), PnP's (σ, τ), or the wavelet ``model.init``; for jfb
+and deq with the run's log.csv, ``fixed point`` counts the steps that stopped at ``train.max_restarts``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from .components import prior_class
 from .config import Config
 from .models import component_options
+from .restart_cap import capped_steps
 from .restore import load_model
 from .rundir import LOG, read_log
 
@@ -82,5 +84,8 @@ def summarize(path: Path, trust_code: bool = False) -> Summary:
         "start": _start(c),
     }
     log = read_log(Path(path).parent / LOG)
+    capped = capped_steps(c.train, log)
+    if capped is not None and log:
+        facts["fixed point"] = capped.fact()
     denoiser = sum(1 for k in ck.parameters if k.startswith("denoiser."))
     return Summary(Path(path), facts, _values(model.scheme), wavelet_theta(model.scheme), log, denoiser)

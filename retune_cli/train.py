@@ -2,7 +2,8 @@
 
 Writes into the run folder (:class:`~.rundir.RunDir`) ``theta.safetensors``, ``config.yaml``, ``log.csv``,
 ``psnr.png``; reports progress through a callback (nothing here prints). :func:`train_step` is the one
-step (solve, backpropagate, average across processes, clip, Adam) that benchmarks time as well.
+step (solve, backpropagate, average across processes, clip, Adam) that benchmarks time as well; the run's
+bookkeeping (folder, checkpoints, validation, its result) is :mod:`.training_run`'s.
 """
 
 from __future__ import annotations
@@ -23,18 +24,15 @@ from .core.hypergrad import Solution, SolveOptions, solve
 from .core.implicit import gradient_check
 from .core.physics import Observation
 from .core.schemes import NoValidStep
-from .data import ImageFolder, Images, derive_seed, open_images, steps_per_epoch, training_batch
+from .data import ImageFolder, Images, derive_seed, open_images, training_batch
 from .distributed import SINGLE, Group
-from .errors import InputError
 from .models import build_scheme, denoiser_sigma, physics_from, solve_options, trainable
-from .rundir import LOG_FIELDS, RunDir
+from .rundir import CHECKPOINT, LOG_FIELDS
+from .training_run import Run, TrainingDiverged, TrainResult, open_run, total_steps
 from .validation import Validation
 
-
-class TrainingDiverged(Exception):
-    """A non-finite loss, gradient or θ: training stopped, the last finite checkpoint is kept."""
-
-    OUT_OF_RANGE = "θ left the range where its step size τ(θ) is defined"
+__all__ = ["StepOutcome", "StepReport", "TrainResult", "TrainingDiverged", "new_state", "total_steps", "train",
+           "train_step"]
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,6 @@ class StepReport:
 
 
 @dataclass(frozen=True)
-class TrainResult:
-    out: Path
-    checkpoint: Path
-    steps: int
-    psnr: float
-    skipped: list[Path]
-
-
-@dataclass(frozen=True)
 class StepOutcome:
     """What one :func:`train_step` computed: the (rank-averaged) loss and PSNR and the solve."""
 
@@ -70,12 +59,6 @@ class StepOutcome:
     psnr: float
     solution: Solution
     check: dict
-
-
-def total_steps(config: Config, n_images: int) -> int:
-    """``--epochs`` (over the images, in batches) when given, else ``--steps``."""
-    t = config.train
-    return t.epochs * steps_per_epoch(n_images, t.batch_size) if t.epochs else t.steps
 
 
 def _all_finite(tensors) -> bool:
@@ -138,40 +121,6 @@ def new_state(config: Config, device: torch.device | str, resume: ckpt.Checkpoin
     return state
 
 
-@dataclass
-class _Run:
-    """The mutable progress of one training run (what a save or an interruption needs)."""
-
-    config: Config
-    state: ckpt.TrainState
-    run: RunDir
-    data: Path | None
-    group: Group
-    start: int
-    rows: list[dict]
-    psnr: float = float("nan")
-    saved: int | None = None
-    validation: Validation | None = None
-    best: float = -math.inf  # the best validation PSNR so far (its checkpoint: best.safetensors)
-
-    def save(self, step: int) -> None:
-        if self.group.is_main:
-            self.state.save(self.run.checkpoint, self.config, step, self.psnr, self.data, self.group.world)
-            self.saved = step
-            self.run.plot(self.config.preset, self.rows)
-
-    def validate(self, report: StepReport) -> StepReport:
-        """Every ``val_every`` steps and at the last: the validation PSNR, and best.safetensors when it
-        improves."""
-        if self.validation is None or (report.step % self.config.train.val_every and report.step < report.total):
-            return report
-        psnr = self.validation.psnr(self.state.scheme)
-        if psnr > self.best:
-            self.best = psnr
-            self.state.save(self.run.best, self.config, report.step, self.psnr, self.data, self.group.world)
-        return dataclasses.replace(report, val_psnr=psnr)
-
-
 def _batch(images: ImageFolder, physics, config: Config, step: int, device, group: Group):
     """This step's clean crops and their observation (the global batch, and this rank's share)."""
     t = config.train
@@ -181,7 +130,7 @@ def _batch(images: ImageFolder, physics, config: Config, step: int, device, grou
     return batch, obs, group.shard(batch), obs.shard(group.rank, group.world)
 
 
-def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock: float) -> StepReport:
+def _one_step(r: Run, images: ImageFolder, step: int, total: int, device, clock: float) -> StepReport:
     """Train step ``step`` (0-based) and report it; the DEQ check uses the whole batch on rank 0."""
     t, scheme = r.config.train, r.state.scheme
     batch, obs, clean, shard = _batch(images, scheme.physics, r.config, step, device, r.group)
@@ -198,29 +147,6 @@ def _one_step(r: _Run, images: ImageFolder, step: int, total: int, device, clock
     s = outcome.solution
     return StepReport(step + 1, total, outcome.loss, outcome.psnr, tau, time.perf_counter() - clock,
                       denoiser_sigma(scheme), s.restarts, s.residual, **outcome.check)
-
-
-def _open(config: Config, out: Path, images: Images, data: Path | None, resume: ckpt.Checkpoint | None,
-          force: bool, group: Group, val: Path | None = None) -> tuple[int, list[dict], RunDir]:
-    """Check the rest of what a run needs — the images, its length, the resumed log — then prepare and
-    lock the run folder and write config.yaml: nothing is written or removed before everything is checked."""
-    t = config.train
-    images.check_min_size(t.crop)
-    if t.batch_size % group.world:
-        raise InputError(f"--batch-size {t.batch_size} is not a multiple of the {group.world} processes")
-    total = total_steps(config, len(images))
-    if resume is not None and resume.step >= total:
-        raise InputError(f"{resume.path} is already at step {resume.step}; give --steps above it to train further")
-    run = RunDir(out)
-    rows = run.read_log(resume.step) if resume is not None and group.is_main else []
-    if group.is_main:
-        run.prepare(force, resume.path if resume is not None else None, data, val, None if resume else t.init)
-        try:
-            run.write_config(config)
-        except InputError:
-            run.release()
-            raise
-    return total, rows, run
 
 
 def train(
@@ -249,12 +175,13 @@ def train(
     """
     images = open_images(data)
     data = None if isinstance(data, Images) else data
-    validation = Validation.open(val, config, physics_from(config), device) if val and group.is_main else None
+    validation = (Validation.open(val, config, physics_from(config), device, out / CHECKPOINT)
+                  if val and group.is_main else None)
     state = new_state(config, device, resume, trust_code)
     config = ckpt.started_config(config, state.scheme) if resume is None else config
-    total, rows, run = _open(config, out, images, data, resume, force, group, val)
+    total, rows, run = open_run(config, out, images, data, resume, force, group, val)
     start = resume.step if resume is not None else 0
-    r = _Run(config, state, run, data, group, start, rows, validation=validation)
+    r = Run(config, state, run, data, group, start, rows, validation=validation)
     r.best = max((float(row["val_psnr"]) for row in rows if row.get("val_psnr")), default=-math.inf)
     if resume is not None:
         r.psnr, r.saved = resume.train_psnr, start
@@ -276,18 +203,19 @@ def train(
         raise
     finally:
         run.close()
-    return TrainResult(out, run.checkpoint, total, r.psnr, images.skipped)
+    return r.result(out, total, images.skipped)
 
 
-def _loop(r: _Run, images, total: int, device, clock: float, on_step, should_stop) -> None:
+def _loop(r: Run, images, total: int, device, clock: float, on_step, should_stop) -> None:
     """Steps ``r.start … total − 1``: train, log, checkpoint every ``checkpoint_every``, stop on request."""
     for step in range(r.start, total):
         try:
             report = _one_step(r, images, step, total, device, clock)
+            if r.group.is_main:
+                report = dataclasses.replace(report, val_psnr=r.validate(report.step, total))
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e} at step {step + 1}") from None
         if r.group.is_main:
-            report = r.validate(report)
             r.rows.append({k: getattr(report, k) for k in LOG_FIELDS})
             r.run.append(r.rows[-1])
             if on_step:

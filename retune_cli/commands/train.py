@@ -120,9 +120,8 @@ def _check_run_folders(runs, val: Path | None) -> None:
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    fields = "loss {task.fields[loss]:.5f} · PSNR {task.fields[psnr]:.2f} dB · {task.fields[theta]}"
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn(fields), TimeRemainingColumn())
+               TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     return Progress(*columns, console=console, disable=quiet)
 
 
@@ -141,21 +140,33 @@ def _train_all(runs, device, force: bool, trust_code: bool, val: Path | None = N
             console.print(f"[bold]{cfg.preset}[/] · K={cfg.train.K} T={cfg.train.T} gradient={cfg.train.gradient} "
                           f"· {'built-in samples' if runs.data is None else runs.data} · {dev}{processes} → {folder}",
                           highlight=False)
-            nan = float("nan")
-            task = progress.add_task(name, total=None, loss=nan, psnr=nan, theta="τ nan")
+            task = progress.add_task(name, total=None, stats="")  # no numbers before the first step's
             try:
                 results.append(run_training(
                     cfg, folder, data=runs.data, device=dev, resume=runs.checkpoint, force=force,
                     on_start=lambda start, total, task=task: progress.update(task, completed=start, total=total),
-                    on_step=lambda r, task=task: progress.update(task, completed=r.step, loss=r.loss, psnr=r.psnr,
-                                                                 theta=_theta_text(r)),
+                    on_step=lambda r, task=task: progress.update(task, completed=r.step, stats=_step_text(r)),
                     should_stop=should_stop, group=group, trust_code=trust_code, val=val,
                 ))
             except TrainingDiverged as e:
+                _stop_without(progress, task)
                 if group.is_main:
                     err_console.print(f"[bold red]training diverged:[/] {e}", highlight=False)
                 raise typer.Exit(1) from None
     return results if group.is_main else []
+
+
+def _stop_without(progress, task) -> None:
+    """Stop the display without ``task``'s bar (the run a refusal ends), nor an empty line where it was."""
+    progress.remove_task(task)
+    progress.live.transient = not progress.tasks
+    progress.live.stop()
+    progress.disable = True  # stopped already: nothing more to draw on leaving its context
+
+
+def _step_text(report) -> str:
+    """The progress line's numbers after a step: loss, PSNR and the parameters."""
+    return f"loss {report.loss:.5f} · PSNR {report.psnr:.2f} dB · {_theta_text(report)}"
 
 
 def _theta_text(report) -> str:
@@ -173,6 +184,8 @@ def _report(runs, results: list) -> None:
         console.print(f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
                       "(also config.yaml, log.csv, psnr.png)", highlight=False)
         _warn_if_unlearned(cfg, runs.data, result)
+        if result.capped is not None and (line := result.capped.warning()):
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if runs.grid_folder is not None:
         plot_runs(runs.grid_folder / "psnr.png", {name: folder for name, _, folder in runs.runs})
         console.print(f"grid: PSNR curves of all runs → {runs.grid_folder / 'psnr.png'}; compare them with "
@@ -180,10 +193,10 @@ def _report(runs, results: list) -> None:
 
 
 def _warn_if_unlearned(config, data, result) -> None:
-    """A run that has barely moved θ: say what helps."""
+    """A run that has barely moved θ, or restores worse than its observations: say what helps."""
     from ..advice import unlearned_warning
 
-    warning = unlearned_warning(config, data, result.steps, result.psnr)
+    warning = unlearned_warning(config, data, result.steps, result.psnr, result.residual)
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 

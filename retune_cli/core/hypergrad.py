@@ -8,8 +8,8 @@ Every mode returns a :class:`Solution` whose image ``x`` carries a graph such th
   plain ``Φ_K`` with it from the point reached:
   ``g^R(θ) = ∂_x L(x_KT)ᵀ ∂_θ Φ_K(x_K(T−1), θ)`` (eq. 25); memory of K steps whatever T;
 * ``unrolled``: backpropagation through all K·T steps from ``u_0(θ)`` (T = 1: the same as retune);
-* ``jfb``: restarts to the fixed point (``tol``, at most ``max_restarts``) without a graph, then one
-  ``Φ_K`` with it from û: ``g^JF = ∂_x L(x̂)ᵀ ∂_θ Φ_K(û, θ)`` (eq. 28);
+* ``jfb``: restarts to the fixed point (``tol``) without a graph, then one ``Φ_K`` with it from û — at most
+  ``max_restarts`` in all, as :func:`restore` does: ``g^JF = ∂_x L(x̂)ᵀ ∂_θ Φ_K(û, θ)`` (eq. 28);
 * ``deq``: the same forward; the backward solves ``v = a + ∂_u Φ_K(û)ᵀ v`` with the configured adjoint
   solver (``a`` the incoming gradient) before going through ``∂_θ Φ_K(û)``: the exact implicit
   gradient (eq. 20) at the fixed point.
@@ -39,7 +39,7 @@ class SolveOptions:
     K: int = 10
     T: int = 10
     tol: float = 1e-4  # jfb/deq: relative residual of the restarts
-    max_restarts: int = 200
+    max_restarts: int = 200  # jfb/deq: restarts in all, the recorded one included
     adjoint_solver: str = "gmres"
     adjoint_tol: float = 1e-6
     adjoint_max_iter: int = 200
@@ -135,8 +135,9 @@ def unrolled(scheme: Scheme, ctx, u0, o: SolveOptions) -> Solution:
 
 
 def _equilibrium(scheme: Scheme, ctx, u0, o: SolveOptions):
-    """û: restarts to ``tol`` (at most ``max_restarts``) without a graph, detached."""
-    u, stats = restarts(scheme, ctx, u0, o.K, o.tol, o.max_restarts, o.accelerate)
+    """û: restarts to ``tol`` without a graph, detached; at most ``max_restarts − 1``, so that with the
+    recorded restart that follows the solve does at most ``max_restarts``."""
+    u, stats = restarts(scheme, ctx, u0, o.K, o.tol, o.max_restarts - 1, o.accelerate)
     return [t.detach() for t in leaves(u)], stats.iterations, u
 
 
