@@ -253,13 +253,13 @@ def compare_gradients(
     result.solver = {"name": solver, "tol": tol, "residual": solved.adjoint.residual,
                      "iterations": solved.adjoint.iterations, **p.fixed_point}
     fd, fd_seconds = _finite_differences(p, max(Ks), say)
-    result.gradients = {"deq": g_deq.tolist()} | ({} if fd is None else {"fd": fd.to(g_deq).tolist()})
-    result.solver["finite_differences"] = len(g_deq) <= FD_MAX_PARAMETERS
-    rows = _Rows(result, g_deq, None if fd is None else fd.to(g_deq),
-                 lambda r: say(f"{r['method']} K={r['K'] or '–'} T={r['T'] or '–'}"))
+    fd = None if fd is None else fd.to(g_deq)
+    result.gradients = {"deq": g_deq.tolist()} | ({} if fd is None else {"fd": fd.tolist()})
+    result.solver["finite_differences"] = fd is not None
+    rows = _Rows(result, g_deq, fd, lambda r: say(f"{r['method']} K={r['K'] or '–'} T={r['T'] or '–'}"))
     rows.add("deq", min(Ks), None, g_deq, seconds, saved)
     if fd is not None:
-        rows.add("fd", None, None, fd.to(g_deq), fd_seconds, 0)
+        rows.add("fd", None, None, fd, fd_seconds, 0)
     for K in Ks:
         say(f"K = {K}")
         _rows_for_K(p, K, list(Ts), options, rows, result, ("deq",) if K == min(Ks) else (), accelerate)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .fixed_point import anderson, fixed_point
+from .hypergrad import restarts
 from .physics import Observation, as_observation
 from .pytree import leaves, norm, rebuild
 
@@ -115,12 +115,8 @@ def lemma1_bound(delta: float, loss_grad_norm: float, theta_jacobian_norm: float
 @torch.no_grad()
 def _loss_at_equilibrium(scheme, obs, K, loss, tol, max_restarts, start) -> float:
     ctx = scheme.prepare(obs)
-
-    def step(u):
-        return scheme.restart(u, ctx, K)
-
-    u0 = scheme.init(ctx) if start is None else start
-    u, _ = (fixed_point if start is None else anderson)(step, u0, tol, max_restarts)
+    u0, accelerate = (scheme.init(ctx), "none") if start is None else (start, "anderson")
+    u, _ = restarts(scheme, ctx, u0, K, tol, max_restarts, accelerate)
     return float(loss(scheme.output(u, ctx)))
 
 
