@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .commands import evaluate, gradients, restore, show, train
+from .commands import evaluate, gradients, models, restore, show, train
 from .commands.common import console, print_error
 
 # click's UsageError (typer vendors click in recent versions): found through typer's public BadParameter.
@@ -70,6 +70,7 @@ app.command(epilog=restore.EPILOG)(restore.restore)
 app.command("eval", epilog=evaluate.EPILOG)(evaluate.eval_)
 app.command("compare-grads", epilog=gradients.EPILOG)(gradients.compare_grads)
 app.command(epilog=show.EPILOG)(show.show)
+app.command(epilog=models.EPILOG)(models.models)
 
 
 def main() -> None:

@@ -1,16 +1,19 @@
 """Reading and writing images as float tensors ``(3, H, W)`` with values in [0, 1].
 
 Read: anything Pillow opens (PNG, JPEG, TIFF, BMP, WebP…); 16-bit PNG and TIFF keep their 16 bits
-(pypng, tifffile); float TIFF and ``.npy`` arrays ``H×W×C`` (or ``H×W``). Grayscale and palette images
-are converted to RGB, an alpha channel is dropped, CMYK is converted to RGB. Every read goes through
-:func:`~.files.reading` (a regular file; any decoder failure names it); the values then pass the one
-policy of :mod:`.values` (integers scaled by their range, floats in [0, 1], masks binary). Write, by
-suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16 bits (clipped to [0, 1]), ``.jpg``/``.jpeg``
-in 8 bits (JPEG quality 1–100), ``.npy`` float32 ``H×W×C`` not clipped."""
+(pypng, tifffile); float TIFF and ``.npy`` arrays ``H×W×C`` (or ``H×W``). Grayscale is repeated on three
+channels and palette and CMYK images are converted to RGB, an alpha channel is dropped; how the file
+stored its values (:class:`Stored`: gray or colour, 8 or 16 bits) is kept for writing the result alike.
+Every read goes through :func:`~.files.reading` (a regular file; any decoder failure names it); the
+values then pass the one policy of :mod:`.values` (integers scaled by their range, floats in [0, 1],
+masks binary). Write, by suffix, atomically: ``.png``/``.tif``/``.tiff`` in 8 or 16 bits (clipped to
+[0, 1]), ``.jpg``/``.jpeg`` in 8 bits (JPEG quality 1–100), ``.npy`` float32 ``H×W×C`` not clipped;
+``gray``: one channel (the mean of the three)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,21 @@ from .values import binary_mask, unit_range
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 WRITE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
 JPEG = (".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How a file stored an image: ``gray`` (one channel, with or without alpha) and ``bits`` (8, or 16
+    for 16-bit integers and floats): what a result written alike keeps."""
+
+    gray: bool = False
+    bits: int = 8
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Stored:
+        """The storage of a decoded array ``H×W`` or ``H×W×C``, as stored."""
+        gray = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 2))
+        return cls(gray, 16 if array.dtype == np.uint16 or array.dtype.kind == "f" else 8)
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:
@@ -86,10 +104,10 @@ def read_array(path: Path | str, what: str) -> np.ndarray:
 
 
 def _read_raw(path: Path) -> np.ndarray:
-    """Array ``H×W×3`` of the values as stored (``uint8``, ``uint16``, floats…), for :mod:`.values`."""
+    """Array ``H×W`` or ``H×W×C`` of the values as stored (``uint8``, ``uint16``, floats…)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _to_rgb(_load_npy(path, as_float=False))
+        return _load_npy(path, as_float=False)
     width, height, depth = _png_header(path) if suffix == ".png" else (0, 0, 8)
     if depth == 16:
         import png
@@ -100,7 +118,7 @@ def _read_raw(path: Path) -> np.ndarray:
             array = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
         except png.Error as e:
             raise ValueError(str(e)) from None
-        return _to_rgb(array)
+        return array
     if suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -108,46 +126,56 @@ def _read_raw(path: Path) -> np.ndarray:
             page = tif.pages[0]
             _check_pixels(page.imagewidth, page.imagelength)
             if page.dtype is not None and (page.dtype == np.uint16 or page.dtype.kind == "f"):
-                return _to_rgb(page.asarray())
+                return page.asarray()
     return _read_pillow(path)
 
 
 def _read_pillow(path: Path) -> np.ndarray:
-    """What Pillow decodes: 8-bit RGB, 16-bit integers as ``uint16``, 32-bit floats as they are."""
+    """What Pillow decodes: 8-bit gray or RGB, 16-bit integers as ``uint16``, 32-bit floats as they are."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
         if im.mode == "F":
-            return _to_rgb(np.asarray(im, dtype=np.float32))
+            return np.asarray(im, dtype=np.float32)
         if im.mode.startswith("I"):
             array = np.asarray(im)
             fits = array.size and 0 <= array.min() and array.max() <= 65535
-            return _to_rgb(array.astype(np.uint16) if fits else array)
-        return np.asarray(im.convert("RGB"))
+            return array.astype(np.uint16) if fits else array
+        return np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
 
 
-def _read_checked(path: Path, what: str) -> np.ndarray:
+def _read_checked(path: Path, what: str) -> tuple[np.ndarray, Stored]:
+    """``(H×W×3 array, how it was stored)``."""
     array = _decoded(path, what, _read_raw)
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{what} {path} is empty")
-    return array
+    try:
+        return _to_rgb(array), Stored.of(array)
+    except ValueError as e:
+        raise InputError(f"{what} {path}: {e}") from None
+
+
+def read_stored(path: Path | str, what: str = "image", observed: bool = False) -> tuple[torch.Tensor, Stored]:
+    """``(image, how the file stored it)``: a ``(3, H, W)`` float32 tensor in [0, 1]
+    (:func:`~.values.unit_range`; ``observed``: an observation to restore, kept as stored);
+    :class:`InputError` for a missing, unreadable, non-image, empty, non-finite or out-of-range file
+    (``what`` names it in messages, e.g. ``--reference``)."""
+    path = Path(path)
+    array, stored = _read_checked(path, what)
+    return unit_range(array, f"{what} {path}", observed).permute(2, 0, 1).contiguous(), stored
 
 
 def read_image(path: Path | str, what: str = "image", observed: bool = False) -> torch.Tensor:
-    """``(3, H, W)`` float32 tensor in [0, 1] (:func:`~.values.unit_range`; ``observed``: an observation
-    to restore, kept as stored); :class:`InputError` for a missing, unreadable, non-image, empty,
-    non-finite or out-of-range file (``what`` names it in messages, e.g. ``--reference``)."""
-    path = Path(path)
-    array = unit_range(_read_checked(path, what), f"{what} {path}", observed)
-    return array.permute(2, 0, 1).contiguous()
+    """The image of :func:`read_stored`."""
+    return read_stored(path, what, observed)[0]
 
 
 def read_mask(path: Path | str, what: str = "--mask") -> torch.Tensor:
     """A mask image as a ``(3, H, W)`` float32 tensor of 0 and 1 (white = kept), refused unless binary
     and keeping a pixel (:func:`~.values.binary_mask`)."""
     path = Path(path)
-    return binary_mask(_read_checked(path, what).transpose(2, 0, 1), f"{what} {path}")
+    return binary_mask(_read_checked(path, what)[0].transpose(2, 0, 1), f"{what} {path}")
 
 
 def _check_format(path: Path, bits: int, what: str) -> None:
@@ -170,36 +198,40 @@ def check_image_outputs(outputs: Iterable[tuple[str, Path | None]], bits: int,
     check_outputs(outputs, inputs)
 
 
-def write_image(path: Path | str, x: torch.Tensor, bits: int = 8, quality: int = 95) -> None:
+def write_image(path: Path | str, x: torch.Tensor, bits: int = 8, quality: int = 95, gray: bool = False) -> None:
     """Write ``x (3, H, W)`` atomically; the format follows the suffix (see the module docstring);
-    ``quality`` (1–100) for JPEG."""
+    ``quality`` (1–100) for JPEG; ``gray``: one channel, the mean of the three."""
     path = Path(path)
     suffix = path.suffix.lower()
     _check_format(path, bits, "cannot write")
-    array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy().transpose(1, 2, 0))
+    x = x.detach().to("cpu", torch.float32)
+    x = x.mean(0, keepdim=True) if gray else x
+    array = np.ascontiguousarray(x.numpy().transpose(1, 2, 0))
     atomic_write(path, lambda tmp: _write(tmp, suffix, array, bits, quality))
 
 
 def _write(tmp: str, suffix: str, array: np.ndarray, bits: int, quality: int = 95) -> None:
-    """``array`` (H×W×3 float32) into the file ``tmp`` in the format of ``suffix``."""
+    """``array`` (H×W×C float32, C = 3 or 1 for gray) into the file ``tmp`` in the format of ``suffix``."""
+    gray = array.shape[2] == 1
     if suffix == ".npy":
         with open(tmp, "wb") as f:
-            np.save(f, array)
+            np.save(f, array[..., 0] if gray else array)
         return
     scale, dtype = (255.0, np.uint8) if bits == 8 else (65535.0, np.uint16)
     quantized = np.round(np.clip(array, 0, 1) * scale).astype(dtype)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(tmp, quantized, photometric="rgb")
+        tifffile.imwrite(tmp, quantized[..., 0] if gray else quantized, photometric="minisblack" if gray else "rgb")
     elif bits == 16:
         import png
 
         h, w, c = quantized.shape
         with open(tmp, "wb") as f:
-            png.Writer(w, h, greyscale=False, bitdepth=16).write(f, quantized.reshape(h, w * c))
+            png.Writer(w, h, greyscale=gray, bitdepth=16).write(f, quantized.reshape(h, w * c))
     else:
         from PIL import Image
 
         jpeg = suffix in JPEG
-        Image.fromarray(quantized).save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": quality} if jpeg else {}))
+        Image.fromarray(quantized[..., 0] if gray else quantized).save(
+            tmp, format="JPEG" if jpeg else "PNG", **({"quality": quality} if jpeg else {}))

@@ -14,7 +14,9 @@ at ``σ_train`` restores noise ``S`` with its thresholds scaled by ``S/σ_train`
   (root mean square over the channels: the pooled noise's standard deviation); τ is unchanged.
 
 Each prior owns its scaling (``Prior.scale_noise``); the physics then simulates noise S as well
-(``restore --simulate --sigma S``).
+(``restore --simulate --sigma S``). ``--sigma auto`` estimates S per channel from the observation
+(:func:`estimated_sigma`). Noise levels are standard deviations of images in [0, 1]: one above 1 is a
+0–255 habit and is refused with the value divided by 255.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .models import CHANNELS, per_channel
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_sigma(text: str, flag: str = "--sigma") -> tuple[float, ...]:
@@ -47,7 +53,27 @@ def check_sigma(values: float | Sequence[float], flag: str = "sigma") -> tuple[f
     if len(values) not in (1, CHANNELS) or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"{flag} must be one or three positive finite noise levels (R,G,B), "
                          f"not {_numbers(values) or 'nothing'}")
+    if any(v > 1 for v in values):
+        raise InputError(f"{flag} {_numbers(values)}: noise levels are standard deviations of images in [0, 1], "
+                         f"at most 1; for a level on the 0–255 scale divide by 255 "
+                         f"({flag} {','.join(f'{v / 255:.3g}' for v in values)})")
     return values
+
+
+def estimated_sigma(y: torch.Tensor, known: torch.Tensor | None, what: str) -> tuple[float, ...]:
+    """The noise level of an observation ``y (C, H, W)`` per channel, estimated on its ``known`` pixels
+    ``(1, H, W)`` (all when None) by :func:`~.noise_estimate.estimate_noise`; refused naming ``what``
+    when it cannot be estimated (too small) or is 0 (a noise-free image: nothing to scale)."""
+    from .noise_estimate import estimate_noise
+
+    try:
+        sigma = estimate_noise(y.detach().cpu(), None if known is None else known.detach().cpu())
+    except ValueError as e:
+        raise InputError(f"{what}: {e}") from None
+    if not all(s > 0 for s in sigma):
+        raise InputError(f"{what}: the estimated noise level is 0 on some channel ({_numbers(sigma)}); "
+                         "give --sigma S")
+    return tuple(min(s, 1.0) for s in sigma)
 
 
 def _numbers(values: Sequence[float]) -> str:

@@ -1,10 +1,11 @@
-"""Restore workflow: run a checkpoint's restarted scheme on one degraded image."""
+"""Restore workflow: run a checkpoint's restarted scheme on one degraded image, write the result as the
+input was stored (gray stays gray, 16 bits stay 16 bits) and score what was written."""
 
 from __future__ import annotations
 
-import warnings
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,17 +13,17 @@ import torch
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .core.hypergrad import GRADIENT_MODES, Solution, restore
-from .core.physics import Observation, Params, UserOperator
+from .core.physics import Observation, Params
 from .core.schemes import NoValidStep
 from .errors import InputError
-from .images import read_array, read_image, read_mask
+from .images import JPEG, Stored, read_image, read_stored, write_image
 from .limits import check_cost
 from .models import build_scheme
-from .noise_level import NoiseScaling, rescale
-from .values import check_budget, keep_warning
+from .noise_level import NoiseScaling, estimated_sigma, rescale
+from .user_operators import user_operator
+from .values import check_budget
 
 MAX_RESTARTS_WITH_TOL = 1000
-KERNEL_SUM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,30 @@ class RestoreResult:
     observation: torch.Tensor  # (3, H, W): the input, or the simulated degradation
     restarts: int
     residual: float
-    psnr: float | None  # against the clean input (--simulate) or the --reference image
+    psnr: float | None  # of the written image (else the result) against the clean input (--simulate) or --reference
     psnr_observation: float | None
     ssim: float | None = None
     ssim_observation: float | None = None
+    noise: NoiseScaling | None = None  # the noise level estimated from this image (sigma="auto")
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how a restore writes: the result ``path``, optionally the ``observation``; ``bits`` of
+    PNG/TIFF (None: as the input stored its values; 8 for JPEG), JPEG ``quality``."""
+
+    path: Path
+    observation: Path | None = None
+    bits: int | None = None
+    quality: int = 95
+
+    def write(self, result: RestoreResult, stored: Stored) -> None:
+        """Both images, gray when the input was gray."""
+        bits = 8 if self.path.suffix.lower() in JPEG else (self.bits or stored.bits)
+        write_image(self.path, result.restored, bits, self.quality, stored.gray)
+        if self.observation is not None:
+            bits = 8 if self.observation.suffix.lower() in JPEG else (self.bits or stored.bits)
+            write_image(self.observation, result.observation, bits, self.quality, stored.gray)
 
 
 def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
@@ -107,64 +128,6 @@ def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
         model.scheme.physics.check_fits(shape)
     except ValueError as e:
         raise InputError(f"{image}: {e}") from None
-
-
-def _read_operator(path: Path, spec: UserOperator) -> torch.Tensor:
-    """A user's operator file: a mask (binary, :func:`~.images.read_mask`), an image or an array."""
-    flag = f"--{spec.flag}"
-    if spec.flag == "mask":
-        return read_mask(path, flag)
-    return read_image(path, flag) if spec.reads == "image" else torch.from_numpy(read_array(path, flag))
-
-
-def _normalized(kernel: torch.Tensor) -> torch.Tensor:
-    """``kernel`` divided by its sum (per channel for ``(C, h, w)``); a zero sum is left to be refused."""
-    sums = kernel.sum(dim=(-2, -1) if kernel.dim() > 2 else tuple(range(kernel.dim())), keepdim=True)
-    return kernel / torch.where(sums == 0, torch.ones_like(sums), sums)
-
-
-def _check_kernel_sum(kernel: torch.Tensor, path: Path) -> None:
-    """A blur keeps the mean brightness: each channel's kernel ``(1, 3, h, w)`` sums to 1 (± 1e-3)."""
-    sums = kernel.double().sum(dim=(-2, -1)).flatten()
-    if torch.any((sums - 1).abs() > KERNEL_SUM_TOL):
-        found = ", ".join(f"{s:.4g}" for s in sums.tolist())
-        fix = "; --normalize-kernel divides it by its sum" if torch.all(sums != 0) else ""
-        raise InputError(f"--kernel {path}: it sums to {found} (per channel), not 1, so it changes the "
-                         f"brightness{fix}")
-
-
-def user_operator(model: Model, shape: torch.Size, operators: dict[str, Path | None],
-                  normalize_kernel: bool = False, on_warning: Callable[[str], None] | None = None) -> Params | None:
-    """The physics' parameters from a user's file (``{"mask": path, "kernel": path}``, as the flags),
-    or None when none is given; the physics says which flag it takes and how it reads it. With
-    ``normalize_kernel`` a kernel is divided by its sum first (otherwise one that does not sum to 1
-    is refused, the message offering ``--normalize-kernel``). A mask keeping far fewer pixels than
-    training did gives ``on_warning`` a line (default: a ``UserWarning``)."""
-    physics = model.scheme.physics
-    if normalize_kernel and operators.get("kernel") is None:
-        raise InputError("--normalize-kernel applies to a --kernel FILE; give one or drop it")
-    given = {flag: path for flag, path in operators.items() if path is not None}
-    spec = physics.user_operator
-    for flag in given:
-        if spec is None or flag != spec.flag:
-            raise InputError(
-                f"--{flag} does not apply to {model.checkpoint.path}, whose physics is {physics.name}"
-                + (f"; it takes --{spec.flag} ({spec.meaning})" if spec else "")
-            )
-    if not given:
-        return None
-    path = given[spec.flag]
-    operator = _read_operator(path, spec)
-    try:
-        params = physics.operator_params(_normalized(operator) if normalize_kernel else operator, shape)
-    except ValueError as e:
-        raise InputError(f"--{spec.flag} {path}: {e}") from None
-    if spec.flag == "kernel":
-        _check_kernel_sum(params["kernel"], path)
-    if spec.flag == "mask" and (line := keep_warning(params["mask"], getattr(physics, "keep", None),
-                                                     f"--mask {path}", model.checkpoint.path)):
-        (on_warning or (lambda m: warnings.warn(m, UserWarning, stacklevel=3)))(line)
-    return {k: v.to(model.device) for k, v in params.items()}
 
 
 def _observe(model: Model, x: torch.Tensor, image: Path, seed: int | None, params: Params | None):
@@ -208,78 +171,70 @@ def restore_file(
     on_restart: Callable[[int, int], None] | None = None,
     reference: Path | None = None,
     on_warning: Callable[[str], None] | None = None,
+    output: Output | None = None,
+    sigma: str | None = None,
+    invert_mask: bool = False,
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
     given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
     observation is restored at the physics' image size (``scale`` times larger for super-resolution).
     ``reference``: a real clean image of the restored size, scored against (PSNR, SSIM). ``image``
     passes :func:`~.values.unit_range` (as an observation, noise kept, unless simulated); a warning
-    (a mask keeping far too few pixels) goes to ``on_warning``."""
+    (a mask probably inverted) goes to ``on_warning``; ``invert_mask``: white = the holes.
+    ``sigma="auto"``: the model moved to the noise level estimated from the observation
+    (:func:`~.noise_level.estimated_sigma`). ``output``: written as the input was stored, and what was
+    written is what is scored."""
     check_scale(model, scale, image)
     if reference is not None and simulate_seed is not None:
         raise InputError("--reference scores against a real clean image; --simulate has its own: give one of them")
-    x = read_image(image, observed=simulate_seed is None).unsqueeze(0).to(model.device)
-    params = user_operator(model, x.shape, operators or {}, normalize_kernel, on_warning)
+    x, stored = read_stored(image, observed=simulate_seed is None)
+    x = x.unsqueeze(0).to(model.device)
+    params = user_operator(model, x.shape, operators or {}, normalize_kernel, on_warning, invert_mask)
     clean, obs = _observe(model, x, image, simulate_seed, params)
     if reference is not None:
-        clean = read_image(reference, "--reference").unsqueeze(0).to(model.device)
-        want = (*x.shape[:-2], *model.scheme.physics.image_size(x))
-        if clean.shape != want:
-            raise InputError(f"--reference {reference} is {clean.shape[-1]}×{clean.shape[-2]}; the restored image "
-                             f"is {want[-1]}×{want[-2]}")
-    result = run(model, obs, T, tol, accelerate, on_restart)
-    scores = _scores(result.x, model.scheme.physics.baseline(obs), clean) if clean is not None else (None, None)
-    return RestoreResult(result.x[0], obs.y[0], result.restarts, result.residual, *scores)
+        clean = _reference(model, x, reference)
+    noise = None
+    if sigma == "auto":
+        model = with_estimated_noise(model, obs, image)
+        noise = model.noise
+    solution = run(model, obs, T, tol, accelerate, on_restart)
+    result = RestoreResult(solution.x[0], obs.y[0], solution.restarts, solution.residual, None, None, noise=noise)
+    if output is not None:
+        output.write(result, stored)
+    if clean is None:
+        return result
+    scored = solution.x if output is None else read_image(output.path, observed=True)[None].to(model.device)
+    return replace(result, **_scores(scored, model.scheme.physics.baseline(obs), clean))
 
 
-def _scores(x: torch.Tensor, baseline: torch.Tensor, clean: torch.Tensor) -> tuple[float, float, float, float]:
+def _reference(model: Model, x: torch.Tensor, reference: Path) -> torch.Tensor:
+    """``--reference``: a clean image of the restored size, ``(1, 3, H, W)``."""
+    clean = read_image(reference, "--reference").unsqueeze(0).to(model.device)
+    want = (*x.shape[:-2], *model.scheme.physics.image_size(x))
+    if clean.shape != want:
+        raise InputError(f"--reference {reference} is {clean.shape[-1]}×{clean.shape[-2]}; the restored image "
+                         f"is {want[-1]}×{want[-2]}")
+    return clean
+
+
+def with_estimated_noise(model: Model, obs: Observation, image: Path | str) -> Model:
+    """A copy of ``model`` moved to the noise level estimated from ``obs`` (per channel, on the pixels
+    its physics observes), as ``restore --sigma S`` moves it (:func:`~.noise_level.rescale`)."""
+    physics = model.scheme.physics
+    sigma = estimated_sigma(obs.y[0], physics.observed_pixels(obs.params), f"--sigma auto: {image}")
+    scheme = copy.deepcopy(model.scheme)
+    noise = rescale(scheme, model.config.physics.sigma, sigma, str(model.checkpoint.path))
+    return replace(model, scheme=scheme, noise=noise)
+
+
+def _scores(x: torch.Tensor, baseline: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     """PSNR (peak 1) and SSIM of the restored image and of the observation's baseline against ``clean``."""
     from deepinv.loss.metric import PSNR
 
     from .evaluate import ssim
 
     psnr = PSNR(max_pixel=1.0)
-    return float(psnr(x, clean)), float(psnr(baseline, clean)), float(ssim(x, clean)), float(ssim(baseline, clean))
+    return {"psnr": float(psnr(x, clean)), "psnr_observation": float(psnr(baseline, clean)),
+            "ssim": float(ssim(x, clean)), "ssim_observation": float(ssim(baseline, clean))}
 
 
-@dataclass(frozen=True)
-class FolderJob:
-    """A folder restore: ``(image, output)`` pairs and the non-image files skipped."""
-
-    pairs: list[tuple[Path, Path]]
-    skipped: list[Path]
-
-
-def folder_job(folder: Path, out: Path | None, force: bool, suffix: str = ".png") -> FolderJob:
-    """Every image of ``folder`` → ``out/<stem>.restored<suffix>`` (the single-image name, in ``out``);
-    refused before any work: no ``out``, two images of one stem, or outputs that exist (without
-    ``force``)."""
-    from .data import list_images
-
-    if out is None:
-        raise InputError(f"{folder} is a folder: give -o OUTDIR for its restored images")
-    images, skipped = list_images(folder, "the image folder")
-    pairs = [(image, out / f"{image.stem}.restored{suffix}") for image in images]
-    stems = [image.stem for image in images]
-    twins = sorted({s for s in stems if stems.count(s) > 1})
-    if twins:
-        raise InputError(f"{folder}: several images are named {twins[0]} (different suffixes); their outputs "
-                         "would collide; restore them separately")
-    existing = [o for _, o in pairs if o.exists()]
-    if existing and not force:
-        raise InputError(f"-o {out}: {len(existing)} of the outputs exist already (first {existing[0].name}); "
-                         "--force overwrites them")
-    return FolderJob(pairs, skipped)
-
-
-def restore_folder(model: Model, job: FolderJob, write: Callable[[Path, RestoreResult], None],
-                   on_image: Callable[[int, int, str], None] | None = None, **options) -> list[RestoreResult]:
-    """Restore each image of ``job`` (``options`` as :func:`restore_file`'s), handing each result to
-    ``write(output, result)``; ``on_image(done, total, name)`` before each."""
-    results = []
-    for i, (image, output) in enumerate(job.pairs):
-        if on_image:
-            on_image(i, len(job.pairs), image.name)
-        results.append(restore_file(model, image, **options))
-        write(output, results[-1])
-    return results

@@ -106,16 +106,20 @@ def binary_mask(mask: np.ndarray | torch.Tensor, what: str, error: type[Exceptio
 
 
 def keep_warning(mask: torch.Tensor, keep: float | None, what: str, source: object) -> str | None:
-    """A warning when the 0/1 ``mask`` keeps far fewer pixels than the fraction ``keep`` that ``source``
-    (the checkpoint) was trained with; None otherwise (or without a ``keep``)."""
+    """A warning when the 0/1 ``mask`` ``(…, H, W)`` is probably inverted (white drawn on the holes, as
+    most tools draw them): it keeps far fewer pixels than the fraction ``keep`` that ``source`` (the
+    checkpoint) was trained with, or it keeps under half of them and the kept pixels clump (strokes or
+    blobs on a mostly missing image: the right neighbour of a kept pixel is kept more often than not,
+    where a random mask keeps it with probability ``keep``). None otherwise (or without a ``keep``)."""
     if keep is None:
         return None
     kept = float(mask.mean())
-    if kept >= keep / FAR_FEWER:
+    right = mask[..., :, 1:] * mask[..., :, :-1]
+    clumped = float(right.sum()) > 0.5 * float(mask[..., :, :-1].sum()) > 0
+    if kept >= keep / FAR_FEWER and not (kept < 0.5 and clumped and keep < 0.5):
         return None
-    return (f"{what} keeps {kept:.1%} of the pixels, far fewer than the {keep:.0%} {source} was trained with: "
-            "is it inverted? A mask is white where the pixels are known, and no option inverts one: invert "
-            "the image (255 − value)")
+    return (f"{what} keeps {kept:.1%} of the pixels ({source} was trained keeping {keep:.0%}): is it inverted? "
+            "A mask is white where the pixels are known; --invert-mask reads white as the holes")
 
 
 def check_budget(T: object, tol: object, error: type[Exception] = InputError,

@@ -47,7 +47,7 @@ def test_folder_restore_refusals_are_one_line(trained_run, image_folder, tmp_pat
     cases = [
         ((ckpt, image_folder), "give -o OUTDIR"),
         ((ckpt, image_folder, "-o", image_folder / "sub"), "inside the image folder"),
-        ((ckpt, image_folder, "-o", tmp_path / "o", "--save-observation", tmp_path / "x.png"), "go with one image"),
+        ((ckpt, image_folder, "-o", tmp_path / "o", "--save-observation", tmp_path / "x.png"), "goes with one image"),
     ]
     twins = tmp_path / "twins"
     shutil.copytree(image_folder, twins)

@@ -28,12 +28,20 @@ EPILOG = (
     "retune restore runs/dn-b/theta.safetensors photo.png --simulate --seed 3 -o out.png --save-observation obs.png"
     "   ·   retune restore CKPT noisy.png -o clean.npy --tol 1e-6   ·   retune restore CKPT photos/ -o restored/"
     "   ·   retune restore CKPT noisy.png --sigma 0.1,0.12,0.09 -o clean.png"
+    "   ·   retune restore CKPT noisy.png --sigma auto"
+    "   ·   retune restore CKPT scratched.png --mask holes.png --invert-mask   ·   retune restore CKPT noisy/ -o out/ "
+    "--reference clean/"
 )
 
 
 def restore(
-    checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train.")],
-    image: Annotated[Path, typer.Argument(help="Degraded image (clean with --simulate), or a folder of them.")],
+    checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train (with --model: "
+                                               "the image).", show_default=False)],
+    image: Annotated[Path | None, typer.Argument(help="Degraded image (clean with --simulate), or a folder of "
+                                                 "them.", show_default=False)] = None,
+    model_name: Annotated[str | None, typer.Option("--model", help="A ready-made model (retune models) instead of "
+                                                   "a checkpoint: retune restore IMAGE --model denoise; its noise "
+                                                   "level is estimated (--sigma auto) unless given.")] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C); "
                                   "for a folder, the folder of <stem>.restored.png.")
@@ -52,18 +60,23 @@ def restore(
     mask: Annotated[
         Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same size.")
     ] = None,
+    invert_mask: Annotated[bool, typer.Option(help="--mask is white on the holes (as most tools draw one).")] = False,
     kernel: Annotated[
         Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
     ] = None,
     normalize_kernel: Annotated[bool, typer.Option(help="Divide --kernel by its sums, not refuse it.")] = False,
     scale: Annotated[int | None, typer.Option(help="Super-resolution: the model's factor (checked).")] = None,
-    sigma: Annotated[str | None, typer.Option(help="The image's noise level, one or per channel (0.1,0.12,0.09), "
+    sigma: Annotated[str | None, typer.Option(help="The image's noise level (images in [0, 1]), one or per channel "
+                                              "(0.1,0.12,0.09), or auto (estimated from the image, per channel), "
                                               "if not the checkpoint's: thresholds scale by it (--simulate adds "
                                               "this noise).")] = None,
     reference: Annotated[
-        Path | None, typer.Option(help="A real clean image of the result's size: print PSNR/SSIM against it.")
+        Path | None, typer.Option(help="A real clean image of the result's size: print PSNR/SSIM of the written "
+                                  "result against it; for a folder, a folder of the same names (a summary table).")
     ] = None,
-    bits: Annotated[int, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16.")] = 8,
+    bits: Annotated[
+        int | None, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16 (default: as the input).")
+    ] = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of .jpg outputs.")] = 95,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     accelerate: Accelerate = None,
@@ -74,7 +87,9 @@ def restore(
     """Restore one image, or every image of a folder (-o OUTDIR), with a checkpoint's model and physics."""
     with user_errors():
         from ..errors import InputError
+        from ..restore import Output
 
+        checkpoint, image, sigma = _model_and_image(checkpoint, image, model_name, sigma)
         if (T is not None and T < 1) or (tol is not None and not tol >= 0):
             raise InputError("--T must be at least 1 and --tol non-negative")
         operators = {"mask": mask, "kernel": kernel}
@@ -83,13 +98,30 @@ def restore(
         set_threads(threads)
         model = _load_model(checkpoint, device, trust_code, sigma)
         options = dict(simulate_seed=seed if simulate else None, T=T, tol=tol, operators=operators, scale=scale,
-                       normalize_kernel=normalize_kernel, accelerate=accelerate, reference=reference,
-                       on_warning=_warn)
+                       normalize_kernel=normalize_kernel, accelerate=accelerate, on_warning=_warn,
+                       sigma=sigma if sigma == "auto" else None, invert_mask=invert_mask)
+        written = Output(output or image.with_name(f"{image.stem}.restored.png"), save_observation, bits, quality)
         if job is None:
-            _restore_one(model, image, output or image.with_name(f"{image.stem}.restored.png"), save_observation,
-                         (bits, quality), options)
+            _restore_one(model, image, written, options | {"reference": reference})
         else:
-            _restore_folder(model, job, bits, options)
+            _restore_folder(model, job, written, options)
+
+
+def _model_and_image(first: Path, second: Path | None, model_name: str | None, sigma: str | None):
+    """``(checkpoint, image, sigma)``: ``CHECKPOINT IMAGE``, or ``IMAGE --model NAME`` (a shipped model,
+    its noise level estimated unless ``--sigma`` is given)."""
+    from ..errors import InputError
+    from ..ready import ready_model
+
+    if model_name is None:
+        if second is None:
+            raise InputError("give a checkpoint and an image (retune restore CKPT IMAGE), or an image and "
+                             "--model NAME (retune models lists them)")
+        return first, second, sigma
+    if second is not None:
+        raise InputError(f"--model {model_name} replaces the checkpoint: give only the image "
+                         f"(retune restore IMAGE --model {model_name})")
+    return ready_model(model_name).path, first, sigma or "auto"
 
 
 def _warn(line: str) -> None:
@@ -97,76 +129,84 @@ def _warn(line: str) -> None:
 
 
 def _check_outputs(checkpoint: Path, image: Path, output: Path | None, save_observation: Path | None,
-                   reference: Path | None, operators: dict, force: bool, bits: int) -> object:
+                   reference: Path | None, operators: dict, force: bool, bits: int | None) -> object:
     """Check every output before any work (none may be an input); a folder's job (None for one image)."""
     from ..errors import InputError
     from ..images import check_image_outputs
-    from ..restore import folder_job
+    from ..restore_folder import folder_job
 
     inputs = (("the checkpoint", checkpoint), ("the image folder" if image.is_dir() else "the image", image),
               *((f"--{flag}", path) for flag, path in operators.items()), ("--reference", reference))
     if not image.is_dir():
         output = output or image.with_name(f"{image.stem}.restored.png")
-        check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits, inputs)
+        check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits or 8, inputs)
         return None
-    if save_observation or reference:
-        raise InputError(f"--save-observation and --reference go with one image; {image} is a folder")
-    job = folder_job(image, output, force)
-    check_image_outputs((("-o", out) for _, out in job.pairs), bits, inputs)
+    if save_observation:
+        raise InputError(f"--save-observation goes with one image; {image} is a folder")
+    job = folder_job(image, output, force, reference=reference)
+    check_image_outputs((("-o", out) for _, out in job.pairs), bits or 8, inputs)
     return job
 
 
 def _load_model(checkpoint: Path, device: str, trust_code: bool, sigma: str | None):
-    """The checkpoint's model; with ``--sigma``, moved to that noise level, as one line says."""
+    """The checkpoint's model; with ``--sigma S``, moved to that noise level, as one line says (``auto``:
+    per image, once it is read)."""
     from ..noise_level import parse_sigma
     from ..restore import load_model
 
-    noise = None if sigma is None else parse_sigma(sigma)
+    noise = None if sigma in (None, "auto") else parse_sigma(sigma)
     model = load_model(checkpoint, device_from(device), trust_code, noise)
     if model.noise is not None:
         console.print(model.noise.describe(), highlight=False)
     return model
 
 
-def _restore_one(model, image: Path, output: Path, save_observation: Path | None, bits: tuple[int, int],
-                 options: dict) -> None:
-    """Restore one image; ``bits``: bit depth and JPEG quality of the written files."""
-    from ..images import write_image
+def _restore_one(model, image: Path, output, options: dict) -> None:
+    """Restore one image, written as ``output`` (:class:`~retune_cli.restore.Output`) says."""
     from ..restore import restore_file
 
     with progress_bar() as progress:
         tol = options["tol"]
         task = progress.add_task("restarts" + (f" (until residual ≤ {tol:g})" if tol else ""), total=None)
-        result = restore_file(model, image, **options,
+        result = restore_file(model, image, **options, output=output,
                               on_restart=lambda t, most: progress.update(task, completed=t, total=most))
-    write_image(output, result.restored, *bits)
-    if save_observation is not None:
-        write_image(save_observation, result.observation, *bits)
-    console.print(_result_line(model, result, output), highlight=False)
+    console.print(_result_line(model, result, output.path), highlight=False)
 
 
 def _result_line(model, result, output: Path) -> str:
-    line = f"{result.restarts} restarts of Φ_{model.config.train.K}, residual {result.residual:.2e} → {output}"
+    line = f"estimated {result.noise.describe()}\n" if result.noise is not None else ""
+    line += f"{result.restarts} restarts of Φ_{model.config.train.K}, residual {result.residual:.2e} → {output}"
     if result.psnr is not None:
         line += f"\nPSNR {result.psnr:.2f} dB (observation {result.psnr_observation:.2f} dB)"
-        line += f" · SSIM {result.ssim:.3f} (observation {result.ssim_observation:.3f})"
+        line += f" · SSIM {result.ssim:.3f} (observation {result.ssim_observation:.3f}), of the written image"
     return line
 
 
-def _restore_folder(model, job, bits: int, options: dict) -> None:
-    from ..images import write_image
-    from ..restore import restore_folder
+def _restore_folder(model, job, output, options: dict) -> None:
+    from ..restore_folder import restore_folder, summary_rows
 
     if job.skipped:
-        err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in job.skipped)}",
+        names = ", ".join(p.name for p in job.skipped[:5])
+        more = f" and {len(job.skipped) - 5} more" if len(job.skipped) > 5 else ""
+        err_console.print(f"[yellow]skipped non-image files:[/] {escape(names)}{more}",
                           highlight=False)
     with progress_bar() as progress:
         task = progress.add_task("images", total=len(job.pairs))
-
-        def write(output: Path, result) -> None:
-            write_image(output, result.restored, bits)
-            progress.console.print(_result_line(model, result, output), highlight=False, soft_wrap=True)
-
-        restore_folder(model, job, write, lambda done, n, name: progress.update(task, completed=done,
-                                                                                description=name), **options)
+        results = restore_folder(
+            model, job, output, lambda done, n, name: progress.update(task, completed=done, description=name),
+            lambda path, result: progress.console.print(_result_line(model, result, path), highlight=False,
+                                                        soft_wrap=True),
+            **options)
     console.print(f"{len(job.pairs)} images restored → {job.pairs[0][1].parent}", highlight=False)
+    if rows := summary_rows(job, results):
+        _print_table(rows)
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    """The folder's scores against ``--reference``, one row per image and the mean."""
+    from rich.table import Table
+
+    table = Table("image", "PSNR", "SSIM", "observation PSNR", "observation SSIM")
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i == len(rows) - 2)
+    console.print(table)

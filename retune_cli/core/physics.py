@@ -152,6 +152,11 @@ class Physics:
         """A clean image cut to what this physics observes (all of it by default)."""
         return x
 
+    def observed_pixels(self, params: Params) -> torch.Tensor | None:
+        """``(1, H, W)`` 0/1 map of the observation's pixels that carry data (for noise estimation), or
+        None when all do (the default)."""
+        return None
+
     def baseline(self, obs: Observation) -> torch.Tensor:
         """The observation as an estimate of the image (the baseline of evaluations): ``y`` by default."""
         return obs.y

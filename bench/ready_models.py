@@ -1,0 +1,69 @@
+"""Train the ready-made models shipped in the wheel (``retune models``, ``retune restore IMAGE --model NAME``).
+
+Each is a preset trained with ReTune on public photographs — the first 60 images of CBSD68 (Berkeley
+Segmentation Dataset, colour test set; the last 8 are held out) — for the preset's steps below, batch 4,
+crop 128, seed 0, CPU. The held-out PSNR is :func:`retune_cli.evaluate.evaluate` on 128² center crops of
+the 8 held-out images, degraded as the preset degrades them (seed 0). Writes
+``retune_cli/ready/<name>.safetensors`` (θ: kilobytes), ``retune_cli/ready/catalog.yaml`` (what
+``retune models`` lists) and ``bench/results/ready_models.json``.
+Run: ``CBSD68=FOLDER .venv/bin/python bench/ready_models.py [--only denoise]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from experiment_common import DATA, crop_heldout, scores, split, train_run
+
+from retune_cli.config import resolve
+from retune_cli.evaluate import evaluate
+from retune_cli.ready import CATALOG, READY
+
+MODELS = {  # name: (preset, steps, what it restores and how to use it)
+    "denoise": ("denoise-tv", 200, "Gaussian noise of any level (trained at σ = 0.08): --sigma auto (the "
+                "default with --model) or --sigma S"),
+    "inpaint": ("inpaint-tv", 100, "missing pixels: --mask FILE (white = known; --invert-mask for white = "
+                "holes)"),
+    "deblur": ("deblur-tv", 100, "a known blur: --kernel FILE.npy (the blur of your camera or tool)"),
+}
+TRAINED_ON = "CBSD68 images 1–60 (public BSD photographs), 128² crops"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(MODELS))
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "ready_models.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="retune-ready-"))
+    train_dir, held, _, names = split(DATA, work)
+    heldout = work / "heldout-crops"
+    crop_heldout(held, heldout, 128)
+    catalog = yaml.safe_load(CATALOG.read_text()) if CATALOG.is_file() else {}
+    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for name in args.only.split(","):
+        preset, steps, use = MODELS[name]
+        config = resolve(preset, {"train.steps": steps})
+        seconds, _, _ = train_run(config, work / name, train_dir)
+        result = evaluate([work / name / "theta.safetensors"], data=heldout, seed=0)
+        learned, observation = scores(result, result.labels[0]), scores(result, "observation")
+        shutil.copyfile(work / name / "theta.safetensors", READY / f"{name}.safetensors")
+        catalog[name] = {"file": f"{name}.safetensors", "preset": preset, "restores": use,
+                         "trained_on": f"{TRAINED_ON}, {steps} steps",
+                         "heldout": f"{learned['psnr']:.2f} dB (observation {observation['psnr']:.2f} dB), "
+                                    "CBSD68 images 61–68"}
+        results[name] = {"preset": preset, "steps": steps, "train_seconds": seconds, "heldout": names,
+                         "psnr": learned["psnr"], "ssim": learned["ssim"], "observation": observation}
+        print(f"{name}: {learned['psnr']:.2f} dB held out (observation {observation['psnr']:.2f} dB)", flush=True)
+    CATALOG.write_text(yaml.safe_dump(catalog, sort_keys=False, allow_unicode=True))
+    args.json.write_text(json.dumps({"experiment": "ready models", "threads": 1, "models": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
