@@ -26,6 +26,7 @@ def _choice(value: str, choices, key: str) -> None:
 
 def _validate_physics(config: Config) -> None:
     """The physics must be registered and its options in range."""
+    from .core.boundary import BOUNDARIES
     from .core.operators import PHYSICS
     from .models import physics_from
 
@@ -35,6 +36,7 @@ def _validate_physics(config: Config) -> None:
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     for key, low, high in (("blur_width", 1, 1024), ("kernel_size", 1, 1024), ("factor", 2, 64)):
         _check(low <= getattr(p, key) <= high, f"physics.{key} must be between {low} and {high} (kernels, factors)")
+    _choice(p.boundary, BOUNDARIES, "physics.boundary")
     try:
         physics_from(config)
     except ValueError as e:
@@ -45,7 +47,9 @@ def _validate_model(config: Config) -> None:
     from .components import composed_class, prior_class
     from .core.operators import PHYSICS
     from .core.priors import WEIGHTS
+    from .core.scheme import has_data_prox
     from .core.schemes import STEP_RULES
+    from .models import physics_from
 
     m, p = config.model, config.physics
     try:
@@ -58,6 +62,9 @@ def _validate_model(config: Config) -> None:
         m.step_rule == "safe" or PHYSICS[p.name].injective or "step_rule" not in scheme.options or prior.learns_step,
         f"model.step_rule optimal needs an injective A (μ > 0); use model.step_rule=safe with physics {p.name}",
     )
+    _check(not scheme.needs_data_prox or has_data_prox(physics_from(config)),
+           f"model.scheme {m.scheme} needs the exact proximal operator of the data term, which physics {p.name} "
+           f"does not have with these options (physics.boundary {p.boundary}): use model.scheme fb or pd")
     _check(1 <= m.levels <= 8, "model.levels must be between 1 and 8")
     _choice(m.init, INITS, "model.init")
     _check(m.init_lambda > 0, "model.init_lambda must be positive")

@@ -31,6 +31,7 @@ class PhysicsConfig:
     blur_width: int = 25  # deblur: width of the uniform kernels
     kernel: str = "uniform-channel"  # deblur: uniform-channel | gaussian | motion (drawn per image)
     kernel_size: int = 25  # deblur: side of the gaussian/motion kernels
+    boundary: str = "circular"  # deblur: circular | reflect | replicate (how the image extends past its edges)
     factor: int = 4  # sr: downsampling factor
     filter: str = "bicubic"  # sr: anti-aliasing filter, bicubic | gaussian
     factory: str = ""  # python: "module:function" returning a deepinv LinearPhysics for an image shape

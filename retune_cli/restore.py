@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .components import physics_class
+from .config import TrainConfig, with_overrides
 from .core.hypergrad import GRADIENT_MODES, Solution, restore
 from .core.physics import Observation, Params
 from .core.schemes import NoValidStep
@@ -33,6 +34,7 @@ class Model:
     checkpoint: ckpt.Checkpoint
     scheme: torch.nn.Module
     noise: NoiseScaling | None = None  # moved to another noise level than training's (--sigma)
+    boundary: str | None = None  # the physics' boundary, when set at load unlike training's (--boundary)
 
     @property
     def config(self):
@@ -44,15 +46,32 @@ class Model:
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code: bool = False,
-               sigma: float | Sequence[float] | None = None) -> Model:
+               sigma: float | Sequence[float] | None = None, boundary: str | None = None) -> Model:
     """A checkpoint's scheme with θ loaded; ``sigma`` (1 or 3 noise levels): moved to that noise
-    level, its thresholds scaled by ``sigma/σ_train`` (:mod:`.noise_level`)."""
+    level, its thresholds scaled by ``sigma/σ_train`` (:mod:`.noise_level`); ``boundary``: the physics'
+    ``physics.boundary`` for this restore (``"real"``: ``reflect`` where the physics has boundaries and
+    trained with ``circular``, as fits a photograph, which extends past its edges, not around them)."""
     checkpoint = ckpt.load(path, trust_code)
+    boundary = _boundary(checkpoint, boundary)
+    if boundary is not None:
+        config = with_overrides(checkpoint.config, {"physics.boundary": boundary}, "--boundary")
+        checkpoint = replace(checkpoint, config=config)
     scheme = build_scheme(checkpoint.config, device)
     ckpt.load_parameters(scheme, checkpoint)
     noise = None if sigma is None else rescale(scheme, checkpoint.config.physics.sigma, sigma, str(checkpoint.path))
     scheme.eval()
-    return Model(checkpoint, scheme, noise)
+    return Model(checkpoint, scheme, noise, boundary)
+
+
+def _boundary(checkpoint: ckpt.Checkpoint, boundary: str | None) -> str | None:
+    """The boundary to set (None: as trained); refused for a physics without boundaries, unless ``"real"``."""
+    physics = checkpoint.config.physics
+    has = "boundary" in physics_class(physics.name).options
+    if boundary == "real":
+        return "reflect" if has and physics.boundary == "circular" else None
+    if boundary is not None and not has:
+        raise InputError(f"--boundary applies to blurs; the physics of {checkpoint.path} is {physics.name}")
+    return None if boundary == physics.boundary else boundary
 
 
 def restart_budget(t: TrainConfig, T: int | None = None, tol: float | None = None) -> tuple[int, float]:

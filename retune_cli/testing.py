@@ -77,7 +77,7 @@ def _all(runs: list[Callable[[], Check]]) -> list[Check]:
 def check_physics(physics: Physics, shape=SHAPE, seed: int = 0) -> list[Check]:
     """Adjoint, normal, norm bounds, and ``prox_data`` when the physics offers it."""
     runs = [partial(check, physics, shape, seed) for check in (check_adjoint, check_normal, check_norm_bounds)]
-    if has_data_prox(type(physics)):
+    if has_data_prox(physics):
         runs.append(partial(check_prox_data, physics, shape, seed))
     return _all(runs)
 

@@ -232,7 +232,8 @@ def test_declared_options_are_checked(three_plugins, tmp_path):
     data = yaml.safe_load(three_plugins.read_text())
     data["plugins"] = [str(three_plugins.parent / p) if p.endswith(".py") and "/" not in p else p
                        for p in data["plugins"]]
-    cases = [("physics", "gian", 1.0, "unknown key physics.gian; known: blur_width, factor, factory, filter, gain"),
+    cases = [("physics", "gian", 1.0,
+              "unknown key physics.gian; known: blur_width, boundary, factor, factory, filter, gain"),
              ("physics", "gain", "loud", "physics.gain must be a float"),
              ("model", "relaxaton", 1.0, "unknown key model.relaxaton"),
              ("model", "smoothness", [1], "model.smoothness must be a float")]

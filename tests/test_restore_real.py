@@ -139,3 +139,51 @@ def test_inverted_mask_is_flagged_and_invert_mask_reads_it(tmp_path, image_folde
     assert np.abs(restored[:, kept] - truth[:, kept]).mean() < 0.05  # the known pixels are kept
     one_line_error(invoke("restore", checkpoint, clean, "--simulate", "--invert-mask", "-o", tmp_path / "c.png",
                           "--device", "cpu"), "--invert-mask", "--mask")
+
+
+def reflect_blur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``image`` (H×W×3 float) blurred as an image editor blurs: edges extended by reflection (numpy)."""
+    h, w = kernel.shape
+    padded = np.pad(image, ((h // 2, h // 2), (w // 2, w // 2), (0, 0)), mode="reflect")
+    out = np.zeros_like(image)
+    for i in range(h):
+        for j in range(w):
+            out += kernel[i, j] * padded[i:i + image.shape[0], j:j + image.shape[1]]
+    return out
+
+
+def test_a_photo_blurred_outside_retune_restores_without_border_ringing(tmp_path, image_folder):
+    from tests.conftest import TINY_FLAGS
+
+    run = tmp_path / "deblur"
+    ok(invoke("train", "--preset", "deblur-wavelet", "--steps", 1, *TINY_FLAGS, "--data", image_folder, "--out", run,
+              "--set", "physics.blur_width=5"))
+    yy, xx = np.mgrid[-3:4, -3:4]
+    kernel = np.exp(-(yy**2 + xx**2) / (2 * 1.5**2))
+    kernel /= kernel.sum()
+    np.save(tmp_path / "kernel.npy", kernel)
+    clean = read_image(image_folder / "im1.png").numpy().transpose(1, 2, 0)
+    blurred = reflect_blur(clean, kernel) + np.random.default_rng(0).normal(0, 0.01, clean.shape)
+    Image.fromarray((np.clip(blurred, 0, 1) * 255).round().astype(np.uint8)).save(tmp_path / "blurred.png")
+    scores = {}
+    for boundary in ("reflect", "circular"):
+        out = tmp_path / f"{boundary}.png"
+        extra = [] if boundary == "reflect" else ["--boundary", "circular"]
+        result = ok(invoke("restore", run / "theta.safetensors", tmp_path / "blurred.png", "--kernel",
+                           tmp_path / "kernel.npy", "-o", out, "--T", 30, "--device", "cpu", *extra))
+        assert ("physics.boundary reflect for this restore" in result.output) == (boundary == "reflect")
+        restored = read_image(out).numpy().transpose(1, 2, 0)
+        border = np.ones(clean.shape[:2], bool)
+        border[4:-4, 4:-4] = False
+        scores[boundary] = psnr(restored[border], clean[border])
+    observed = read_image(tmp_path / "blurred.png").numpy().transpose(1, 2, 0)
+    assert scores["reflect"] > psnr(observed[border], clean[border]), scores  # the border is restored, not rung
+    assert scores["reflect"] > scores["circular"] + 3, scores
+    one_line_error(invoke("restore", run / "theta.safetensors", tmp_path / "blurred.png", "--kernel",
+                          tmp_path / "kernel.npy", "--boundary", "zero", "-o", tmp_path / "z.png", "--device", "cpu"),
+                   "physics.boundary")
+
+
+def test_boundary_on_a_denoiser_is_refused(trained_run, image_folder, tmp_path):
+    one_line_error(invoke("restore", trained_run / "theta.safetensors", image_folder / "im0.png", "--boundary",
+                          "reflect", "-o", tmp_path / "o.png", "--device", "cpu"), "--boundary", "denoise")

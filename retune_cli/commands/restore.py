@@ -65,6 +65,9 @@ def restore(
         Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
     ] = None,
     normalize_kernel: Annotated[bool, typer.Option(help="Divide --kernel by its sums, not refuse it.")] = False,
+    boundary: Annotated[str | None, typer.Option(
+        help="Deblurring: how the image extends past its edges — reflect, replicate or circular (default: reflect "
+             "for a real image, as photographs are blurred; the checkpoint's with --simulate).")] = None,
     scale: Annotated[int | None, typer.Option(help="Super-resolution: the model's factor (checked).")] = None,
     sigma: Annotated[str | None, typer.Option(help="The image's noise level (images in [0, 1]), one or per channel "
                                               "(0.1,0.12,0.09), or auto (estimated from the image, per channel), "
@@ -96,7 +99,7 @@ def restore(
         job = _check_outputs(checkpoint, image, output, save_observation, reference, operators, force, bits)
         check_accelerate(accelerate)
         set_threads(threads)
-        model = _load_model(checkpoint, device, trust_code, sigma)
+        model = _load_model(checkpoint, device, trust_code, sigma, boundary or (None if simulate else "real"))
         options = dict(simulate_seed=seed if simulate else None, T=T, tol=tol, operators=operators, scale=scale,
                        normalize_kernel=normalize_kernel, accelerate=accelerate, on_warning=_warn,
                        sigma=sigma if sigma == "auto" else None, invert_mask=invert_mask)
@@ -148,16 +151,20 @@ def _check_outputs(checkpoint: Path, image: Path, output: Path | None, save_obse
     return job
 
 
-def _load_model(checkpoint: Path, device: str, trust_code: bool, sigma: str | None):
+def _load_model(checkpoint: Path, device: str, trust_code: bool, sigma: str | None, boundary: str | None):
     """The checkpoint's model; with ``--sigma S``, moved to that noise level, as one line says (``auto``:
-    per image, once it is read)."""
+    per image, once it is read); its boundary set as :func:`~retune_cli.restore.load_model` says."""
     from ..noise_level import parse_sigma
     from ..restore import load_model
 
     noise = None if sigma in (None, "auto") else parse_sigma(sigma)
-    model = load_model(checkpoint, device_from(device), trust_code, noise)
+    model = load_model(checkpoint, device_from(device), trust_code, noise, boundary)
     if model.noise is not None:
         console.print(model.noise.describe(), highlight=False)
+    if model.boundary is not None:
+        why = " (a real photograph extends past its edges; --boundary circular restores as trained)"
+        console.print(f"physics.boundary {model.boundary} for this restore" + (why if boundary == "real" else ""),
+                      highlight=False)
     return model
 
 

@@ -6,8 +6,9 @@
   ``mask``, ``(N, 1, H, W)``), or given for a real image; missing pixels of an observation are 0;
 * ``deblur``: channel-wise uniform blur of width ``w`` — red averaged horizontally, green vertically,
   blue along the main diagonal (the paper's §4.2) — with circular boundaries (deepinv ``BlurFFT``,
-  built once per image size and kernel), so that ``A`` and ``Aᵀ`` are exact adjoints; a measured
-  kernel is the parameter ``kernel`` ``(1, 3, h, w)``.
+  built once per image size and kernel), so that ``A`` and ``Aᵀ`` are exact adjoints, or (``boundary``
+  ``reflect``, ``replicate``) ``A = C K P`` on the padded image (:mod:`.boundary`); a measured kernel is
+  the parameter ``kernel`` ``(1, 3, h, w)``.
 
 A new physics is one subclass of :class:`~.physics.Physics` decorated with :func:`register_physics`.
 """
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from . import custom, resolution  # noqa: F401  (register the super-resolution and user-code physics)
+from .boundary import BOUNDARIES, PaddedBlur
 from .physics import PHYSICS, NormBounds, Params, Physics, UserOperator, register_physics
 
 MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
@@ -93,6 +95,10 @@ class RandomInpainting(Physics):
         """``m ⊙ (m ⊙ x + ε)``: missing pixels stay 0."""
         return self.A(super().observe(x, seed, params), params)
 
+    def observed_pixels(self, params: Params) -> torch.Tensor | None:
+        """The mask of the first image, ``(1, H, W)``: missing pixels carry no noise."""
+        return self._mask(params["mask"], params)[0]
+
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         """``‖A‖ = 1`` as soon as one pixel is kept; ``σ_min = 0``."""
         return NormBounds(1.0, 0.0)
@@ -163,22 +169,27 @@ def fft_norm(kernel: torch.Tensor, size: tuple[int, int]) -> float:
 
 @register_physics
 class ChannelBlur(Physics):
-    """Circular convolution with one kernel per channel (or per image), via deepinv ``BlurFFT``.
+    """Convolution with one kernel per channel (or per image): circular via deepinv ``BlurFFT``, or
+    ``A = C K P`` (:class:`~.boundary.PaddedBlur`) for a ``reflect`` or ``replicate`` boundary.
 
     ``kernel``: ``uniform-channel`` (the paper's, width ``blur_width``, fixed), ``gaussian`` or ``motion``
     (``kernel_size``², drawn per image from the observation seed), or a tensor. The parameter
-    ``kernel`` (drawn, or a user's) replaces the configured one.
+    ``kernel`` (drawn, or a user's) replaces the configured one. ``boundary``: how the image extends
+    beyond its edges, one of :data:`~.boundary.BOUNDARIES`.
     """
 
     name = "deblur"
-    options = ("blur_width", "kernel", "kernel_size")
+    options = ("blur_width", "kernel", "kernel_size", "boundary")
     user_operator = UserOperator("kernel", "array", "an (h, w) or (3, h, w) .npy array")
 
     def __init__(self, sigma: Sequence[float], blur_width: int = 25, kernel: str | torch.Tensor = "uniform-channel",
-                 kernel_size: int = 25):
+                 kernel_size: int = 25, boundary: str = "circular"):
         super().__init__(sigma)
         if isinstance(kernel, str) and kernel not in KERNELS:
             raise ValueError(f"the blur kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"the boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
+        self.boundary = boundary
         self.kind = kernel if isinstance(kernel, str) else "given"
         if isinstance(kernel, str):
             kernel = channel_blur_kernel(blur_width) if kernel == "uniform-channel" else None
@@ -199,9 +210,15 @@ class ChannelBlur(Physics):
             raise ValueError(f"the {self.kind} blur kernels are drawn per image: simulate an observation or give one")
         return self.kernel
 
+    @property
+    def exact_data_prox(self) -> bool:
+        """Whether :meth:`prox_data` exists: in Fourier, for circular boundaries only."""
+        return self.boundary == "circular"
+
     def _op(self, x: torch.Tensor, params: Params | None):
-        """deepinv ``BlurFFT`` (the kernel's FFT) per image shape, device, dtype and kernel object; the
-        entry keeps the kernel alive, so its ``id`` is not reused while cached."""
+        """deepinv ``BlurFFT`` (circular) or a :class:`~.boundary.PaddedBlur` — the kernel's FFT — per image
+        shape, device, dtype and kernel object; the entry keeps the kernel alive, so its ``id`` is not
+        reused while cached."""
         from deepinv.physics import BlurFFT
 
         kernel = self._kernel(params)
@@ -210,7 +227,10 @@ class ChannelBlur(Physics):
             if len(self._operators) >= 16:  # kernels come and go (drawn per step, users'): keep the cache small
                 self._operators.clear()
             self.check_fits(x.shape, kernel)
-            op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
+            if self.boundary == "circular":
+                op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
+            else:
+                op = PaddedBlur(kernel, tuple(x.shape[-2:]), self.boundary, x)
             self._operators[key] = (kernel, op)
         return self._operators[key][1]
 
@@ -221,15 +241,23 @@ class ChannelBlur(Physics):
         return self._op(y, params).A_adjoint(y).to(y.dtype)
 
     def normal(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        """``Aᵀ A x = F⁻¹(|K̂|² F x)``: one FFT pair instead of two (deepinv ``BlurFFT.A_adjoint_A``)."""
+        """Circular: ``Aᵀ A x = F⁻¹(|K̂|² F x)``, one FFT pair instead of two (deepinv ``BlurFFT.A_adjoint_A``);
+        otherwise ``Pᵀ Kᵀ Cᵀ C K P x``."""
         return self._op(x, params).A_adjoint_A(x).to(x.dtype)
 
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
-        """``‖A‖ = max |DFT(kernel)|`` exactly (the largest over the images' kernels); ``σ_min = 0``."""
-        return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]), 0.0)
+        """Circular: ``‖A‖ = max |DFT(kernel)|`` exactly (the largest over the images' kernels); otherwise a
+        certified upper bound, within 2 % when 30 iterations reach it (:meth:`~.boundary.PaddedBlur.norm_bound`);
+        ``σ_min = 0``."""
+        if self.boundary == "circular":
+            return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]), 0.0)
+        return NormBounds(self._op(like, params).norm_bound(like.shape[-3]), 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
-        """In Fourier, ``(Ẑ + τ K̂* Ŷ)/(1 + τ|K̂|²)`` (deepinv ``BlurFFT.prox_l2``)."""
+        """In Fourier, ``(Ẑ + τ K̂* Ŷ)/(1 + τ|K̂|²)`` (deepinv ``BlurFFT.prox_l2``); circular boundaries only."""
+        if not self.exact_data_prox:
+            raise ValueError(f"boundary {self.boundary} has no exact proximal operator of the data term; "
+                             "use model.scheme fb or pd")
         return self._op(z, params).prox_l2(z, y, tau).to(z.dtype)
 
     def check_fits(self, shape: torch.Size, kernel: torch.Tensor | None = None) -> None:
