@@ -24,7 +24,7 @@ import torch
 from .data import ImageFolder, derive_seed
 from .degradations import degradations, group_by_degradation
 from .errors import InputError
-from .files import atomic_write, write_text
+from .files import atomic_write, resolved, write_text
 from .restore import Model, check_fits, load_model, run
 
 OBSERVATION = "observation"
@@ -32,8 +32,9 @@ METRICS = ("psnr", "ssim")
 
 
 def checkpoint_labels(paths: list[Path]) -> list[str]:
-    """Each checkpoint's run-folder name, or its file stem (then the full path) when ambiguous."""
-    for label in (lambda p: p.resolve().parent.name, lambda p: p.stem, lambda p: str(p)):
+    """Each checkpoint's run-folder name, or ``run/stem`` (then the full path) when ambiguous (``best`` and
+    ``theta`` of one run: ``run/best``, ``run/theta``)."""
+    for label in (lambda p: resolved(p).parent.name, lambda p: f"{resolved(p).parent.name}/{p.stem}", str):
         labels = [label(p) for p in paths]
         if len(set(labels)) == len(labels) and OBSERVATION not in labels:
             return labels

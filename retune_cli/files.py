@@ -140,10 +140,18 @@ def check_output(path: Path, flag: str) -> None:
     check_folder(path.parent, f"{flag} {path}")
 
 
+def resolved(path: Path) -> Path:
+    """``path`` made absolute with its links followed; a loop of links is refused naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a loop, later versions OSError
+        raise InputError(f"{path} is a loop of symbolic links; give the file itself") from None
+
+
 def overlaps(path: Path, other: Path) -> bool:
     """``path`` is ``other`` (by resolved path, or by inode: hard links) or lies inside the folder ``other``."""
-    resolved, target = path.resolve(), other.resolve()
-    if resolved == target or target in resolved.parents:
+    resolved_path, target = resolved(path), resolved(other)
+    if resolved_path == target or target in resolved_path.parents:
         return True
     try:
         return os.path.samefile(path, other)

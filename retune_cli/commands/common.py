@@ -112,9 +112,9 @@ def user_errors() -> Iterator[None]:
             err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
     except Exception as e:
-        from ..core.custom import describe_error
+        from ..core.custom import UserCodeError, describe_error
 
-        where = describe_error(e)
+        where = describe_error(e) or (str(e) if isinstance(e, UserCodeError) else None)
         if where is None:
             raise
         fail(f"in your code: {where}")

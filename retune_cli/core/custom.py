@@ -36,7 +36,8 @@ _USER_CODE: set[str] = set()  # files, and package folders ending in os.sep, of 
 
 
 class UserCodeError(ValueError):
-    """A user's module failed to import: one line naming the file, the line and the function."""
+    """A user's code failed (an import: one line naming the file, the line and the function) or gave what
+    its contract refuses (a factory's operator that is not one, or changes the image's shape)."""
 
 
 def add_user_code(module: ModuleType | None) -> None:
@@ -145,15 +146,15 @@ class FactoryPhysics(Physics):
         if key not in self._operators:
             op = self.factory(tuple(x.shape[-3:]))
             if not (callable(getattr(op, "A", None)) and callable(getattr(op, "A_adjoint", None))):
-                raise ValueError(f"{self.factory_name} returned {type(op).__name__}, not a deepinv LinearPhysics")
+                raise UserCodeError(f"{self.factory_name} returned {type(op).__name__}, not a deepinv LinearPhysics")
             self._operators[key] = op.to(device=x.device, dtype=x.dtype) if hasattr(op, "to") else op
         return self._operators[key]
 
     def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         y = self._op(x).A(x)
         if y.shape != x.shape:
-            raise ValueError(f"{self.factory_name} maps {tuple(x.shape[-3:])} images to {tuple(y.shape[-3:])}: "
-                             "physics python takes operators that keep the image's shape")
+            raise UserCodeError(f"{self.factory_name} maps {tuple(x.shape[-3:])} images to {tuple(y.shape[-3:])}: "
+                                "physics python takes operators that keep the image's shape")
         return y.to(x.dtype)
 
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
