@@ -24,6 +24,9 @@ def _choice(value: str, choices, key: str) -> None:
     _check(value in choices, f"{key} must be one of {', '.join(choices)}, not {value!r}")
 
 
+MIN_KEPT = 16  # pixels an inpainting crop keeps on average, at least
+
+
 def _validate_physics(config: Config) -> None:
     """The physics must be registered and its options in range."""
     from .core.boundary import BOUNDARIES
@@ -34,6 +37,9 @@ def _validate_physics(config: Config) -> None:
     _choice(p.name, PHYSICS, "physics.name")
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
+    crop = config.train.crop
+    _check(p.keep * crop**2 >= MIN_KEPT, f"physics.keep {p.keep:g} keeps {p.keep * crop**2:.2g} of a {crop}² crop's "
+           f"pixels on average: too few to learn from; give physics.keep ≥ {MIN_KEPT / crop**2:.2g} (or a larger crop)")
     for key, low, high in (("blur_width", 1, 1024), ("kernel_size", 1, 1024), ("factor", 2, 64)):
         _check(low <= getattr(p, key) <= high, f"physics.{key} must be between {low} and {high} (kernels, factors)")
     _choice(p.boundary, BOUNDARIES, "physics.boundary")

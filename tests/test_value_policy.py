@@ -234,3 +234,14 @@ def test_unit_range_names_what_it_refuses():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert unit_range(np.array([[True, False]]), "x").tolist() == [[1.0, 0.0]]
+
+
+def test_a_keep_fraction_leaving_no_pixels_to_learn_from_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from retune_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--set", "physics.keep=1e-9", "--out", str(tmp_path / "run"),
+                                      "--steps", "1"])
+    assert result.exit_code == 2 and "physics.keep" in result.stderr and "too few" in result.stderr
+    assert not (tmp_path / "run").exists()
