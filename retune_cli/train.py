@@ -26,6 +26,7 @@ from .core.physics import Observation
 from .core.schemes import NoValidStep
 from .data import ImageFolder, Images, derive_seed, open_images, training_batch
 from .distributed import SINGLE, Group
+from .memory_check import check_step_memory
 from .models import build_scheme, denoiser_sigma, physics_from, solve_options, trainable
 from .rundir import CHECKPOINT, LOG_FIELDS
 from .training_run import Run, TrainingDiverged, TrainResult, open_run, total_steps
@@ -178,6 +179,7 @@ def train(
     validation = (Validation.open(val, config, physics_from(config), device, out / CHECKPOINT)
                   if val and group.is_main else None)
     state = new_state(config, device, resume, trust_code)
+    check_step_memory(config, state.scheme, device)
     config = ckpt.started_config(config, state.scheme) if resume is None else config
     total, rows, run = open_run(config, out, images, data, resume, force, group, val)
     start = resume.step if resume is not None else 0

@@ -1,0 +1,76 @@
+"""Memory a training step needs, measured before the first step, and refused when it does not fit.
+
+The graph autograd keeps for one step's solve is measured on one crop of the training size
+(:func:`~.core.memory.saved_tensor_bytes`) for one and two elementary steps: their difference is the
+bytes kept per step, the rest is fixed. A step keeps ``batch × (fixed + per step × n)`` with ``n = K·T``
+for unrolled gradients and ``K`` otherwise (ReTune, JFB, DEQ record one Φ_K). That must fit in
+:data:`SHARE` of the memory available now (``MemAvailable`` on Linux; free CUDA memory on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import Config
+from .core.hypergrad import solve
+from .core.memory import saved_tensor_bytes
+from .errors import InputError
+from .models import solve_options
+
+SHARE = 0.8  # of the available memory a step may take
+GiB = 2**30
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes available to allocate now on ``device`` (None when unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def step_bytes(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> tuple[int, int]:
+    """``(bytes one training image keeps, elementary steps recorded)`` for ``config``'s crop, K, T and
+    gradient, measured on one crop (see the module docstring)."""
+    t = config.train
+    clean = torch.rand(1, 3, t.crop, t.crop, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        obs = scheme.physics.simulate(clean, 0)
+    kept = []
+    for k in (1, 2):
+        with saved_tensor_bytes() as total:
+            solve(scheme, obs, solve_options(t, K=k, T=1, accelerate="none"), "unrolled")
+        kept.append(total[0])
+    per_step, fixed = kept[1] - kept[0], 2 * kept[0] - kept[1]
+    steps = t.K * t.T if t.gradient == "unrolled" else t.K
+    return max(fixed, 0) + max(per_step, 0) * steps, steps
+
+
+def check_step_memory(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> None:
+    """Refuse a training step whose graph does not fit in the memory available, saying what fits."""
+    available = available_memory(device)
+    if available is None:
+        return
+    per_image, steps = step_bytes(config, scheme, device)
+    t = config.train
+    need = per_image * t.batch_size
+    if need <= SHARE * available:
+        return
+    fits = int(SHARE * available // max(per_image, 1))
+    advice = (f"--batch-size {fits} fits" if fits >= 1 else
+              f"even one image does not fit: lower --K{', --T' if t.gradient == 'unrolled' else ''} or --crop")
+    raise InputError(f"a training step keeps about {need / GiB:.3g} GiB for backpropagation ({steps} steps × "
+                     f"--batch-size {t.batch_size} × --crop {t.crop}²), but {available / GiB:.3g} GiB are available "
+                     f"now; {advice}")
