@@ -13,12 +13,11 @@ def models() -> None:
     with user_errors():
         from rich.table import Table
 
-        from ..ready import catalog
+        from ..ready import READY, catalog
 
         table = Table("name", "restores", "preset", "trained on", "held-out PSNR", show_lines=True)
         for model in catalog():
             table.add_row(model.name, model.restores, model.preset, model.trained_on, model.heldout)
         console.print(table)
-        console.print("Use: retune restore IMAGE --model NAME -o OUT.png (retune show "
-                      "$(python -c 'import retune_cli.ready as r; print(r.READY)')/NAME.safetensors shows θ)",
-                      highlight=False)
+        console.print(f"Use: retune restore IMAGE --model NAME -o OUT.png. The checkpoints: {READY}/NAME.safetensors "
+                      "(retune show, eval and train --init take them).", highlight=False)
