@@ -187,3 +187,30 @@ def test_a_photo_blurred_outside_retune_restores_without_border_ringing(tmp_path
 def test_boundary_on_a_denoiser_is_refused(trained_run, image_folder, tmp_path):
     one_line_error(invoke("restore", trained_run / "theta.safetensors", image_folder / "im0.png", "--boundary",
                           "reflect", "-o", tmp_path / "o.png", "--device", "cpu"), "--boundary", "denoise")
+
+
+def test_models_lists_the_ready_made_ones():
+    result = ok(invoke("models"))
+    for name in ("denoise", "inpaint", "deblur"):
+        assert name in result.output
+    assert "CBSD68" in result.output
+
+
+def test_a_ready_made_model_restores_with_the_noise_level_estimated(tmp_path):
+    """``restore IMAGE --model denoise``: no checkpoint of the user's, the noise level estimated per channel."""
+    from retune_cli.data import sample_dir
+
+    clean = np.asarray(Image.open(sorted(sample_dir().glob("*.png"))[0]).convert("RGB"))[:96, :96]
+    Image.fromarray(clean).save(tmp_path / "clean.png")
+    Image.fromarray(noisy_copy(clean, 0.05, 0)).save(tmp_path / "noisy.png")
+    result = ok(invoke("restore", tmp_path / "noisy.png", "--model", "denoise", "-o", tmp_path / "out.png",
+                       "--reference", tmp_path / "clean.png", "--device", "cpu"))
+    estimated = [float(v) for v in re.search(r"estimated noise σ ([\d., ]+) \(", result.output).group(1).split(",")]
+    assert all(0.04 < s < 0.06 for s in estimated), result.output
+    restored, observed = (float(v) for v in re.search(r"PSNR (\S+) dB \(observation (\S+) dB\)", result.output).groups())
+    assert restored > observed + 3
+    one_line_error(invoke("restore", tmp_path / "noisy.png", "--model", "sharpen", "-o", tmp_path / "o.png"),
+                   "sharpen", "denoise")
+    one_line_error(invoke("restore", tmp_path / "noisy.png", tmp_path / "noisy.png", "--model", "denoise",
+                          "-o", tmp_path / "o.png"), "replaces the checkpoint")
+    one_line_error(invoke("restore", tmp_path / "noisy.png", "-o", tmp_path / "o.png"), "--model")
