@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--eval-accelerate", default=None, help="none or anderson (default: the run's)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 held-out 32² crops")
+    parser.add_argument("--merge", action="store_true", help="keep the other tasks of an existing --json")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.crop, args.side, args.json = 2, 32, 32, Path("/tmp/retune-bench/experiment_priors.json")
@@ -150,6 +151,10 @@ def main() -> None:
     tune = work / "tune-crops"  # where a user would choose the single weight: images they have
     crop_heldout(train_dir, tune, args.side, 2 if args.quick else N_HELDOUT)
     results, table = {}, []
+    if args.merge and args.json.is_file():
+        kept = json.loads(args.json.read_text())
+        results = {t: v for t, v in kept["tasks"].items() if t not in args.tasks.split(",")}
+        table = [r for r in kept["table"] if r["task"] in results]
     for task in args.tasks.split(","):
         presets, overrides = TASKS[task]
         results[task] = {"priors": {}}
@@ -163,10 +168,11 @@ def main() -> None:
                           "gain_db": r["learned"]["psnr"] - r["hand_tuned"]["best"]["psnr"],
                           "observation_psnr": results[task]["observation"]["psnr"]})
     for r in table:  # the yardstick: each learned prior against total variation with its best weight
-        tv = [t["hand_tuned_psnr"] for t in table if t["task"] == r["task"] and t["preset"].endswith("-tv")]
-        oracle = [t["hand_tuned_oracle_psnr"] for t in table if t["task"] == r["task"] and t["preset"].endswith("-tv")]
+        tvs = [t for t in table if t["task"] == r["task"] and t["preset"].endswith("-tv")]
+        tv, oracle = [t["hand_tuned_psnr"] for t in tvs], [t.get("hand_tuned_oracle_psnr") for t in tvs]
         r["vs_hand_tuned_tv_db"] = r["learned_psnr"] - tv[0] if tv else None
-        r["vs_oracle_tv_db"] = r["learned_psnr"] - oracle[0] if oracle else None
+        r["vs_oracle_tv_db"] = r["learned_psnr"] - oracle[0] if oracle and oracle[0] is not None else None
+    table.sort(key=lambda r: list(TASKS).index(r["task"]))
     setup = {"data": "CBSD68 (first 60 train, last 8 held out)", "heldout": names, "steps": args.steps,
              "steps_for": args.steps_for, "tune": "center crops of the first 8 training images",
              "crop": args.crop, "side": args.side, "batch": 4, "seed": 0, "threads": 1, "grid": GRID,
@@ -178,7 +184,8 @@ def main() -> None:
     for r in table:
         vs_tv = "" if r["vs_hand_tuned_tv_db"] is None else f"  vs hand-tuned TV {r['vs_hand_tuned_tv_db']:+.2f} dB"
         print(f"{r['task']:16s} {r['preset']:24s} learned {r['learned_psnr']:.2f}  hand-tuned "
-              f"{r['hand_tuned_psnr']:.2f} (oracle {r['hand_tuned_oracle_psnr']:.2f})  ({r['gain_db']:+.2f} dB){vs_tv}")
+              f"{r['hand_tuned_psnr']:.2f} (oracle {r.get('hand_tuned_oracle_psnr') or float('nan'):.2f})  "
+              f"({r['gain_db']:+.2f} dB){vs_tv}")
 
 
 if __name__ == "__main__":
