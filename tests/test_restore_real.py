@@ -207,7 +207,8 @@ def test_a_ready_made_model_restores_with_the_noise_level_estimated(tmp_path):
                        "--reference", tmp_path / "clean.png", "--device", "cpu"))
     estimated = [float(v) for v in re.search(r"estimated noise σ ([\d., ]+) \(", result.output).group(1).split(",")]
     assert all(0.04 < s < 0.06 for s in estimated), result.output
-    restored, observed = (float(v) for v in re.search(r"PSNR (\S+) dB \(observation (\S+) dB\)", result.output).groups())
+    scores = re.search(r"PSNR (\S+) dB \(observation (\S+) dB\)", result.output).groups()
+    restored, observed = (float(v) for v in scores)
     assert restored > observed + 3
     one_line_error(invoke("restore", tmp_path / "noisy.png", "--model", "sharpen", "-o", tmp_path / "o.png"),
                    "sharpen", "denoise")
