@@ -50,17 +50,23 @@ def load_model(path: Path | str, device: torch.device | str = "cpu", trust_code:
     """A checkpoint's scheme with θ loaded; ``sigma`` (1 or 3 noise levels): moved to that noise
     level, its thresholds scaled by ``sigma/σ_train`` (:mod:`.noise_level`); ``boundary``: the physics'
     ``physics.boundary`` for this restore (``"real"``: ``reflect`` where the physics has boundaries and
-    trained with ``circular``, as fits a photograph, which extends past its edges, not around them)."""
+    trained with ``circular``, as fits a photograph, which extends past its edges, not around them, unless
+    its scheme needs the circular data prox)."""
     checkpoint = ckpt.load(path, trust_code)
-    boundary = _boundary(checkpoint, boundary)
-    if boundary is not None:
-        config = with_overrides(checkpoint.config, {"physics.boundary": boundary}, "--boundary")
+    chosen = _boundary(checkpoint, boundary)
+    if chosen is not None:
+        try:
+            config = with_overrides(checkpoint.config, {"physics.boundary": chosen}, "--boundary")
+        except InputError:
+            if boundary != "real":
+                raise
+            chosen, config = None, checkpoint.config  # its scheme needs circular boundaries (drs, hqs)
         checkpoint = replace(checkpoint, config=config)
     scheme = build_scheme(checkpoint.config, device)
     ckpt.load_parameters(scheme, checkpoint)
     noise = None if sigma is None else rescale(scheme, checkpoint.config.physics.sigma, sigma, str(checkpoint.path))
     scheme.eval()
-    return Model(checkpoint, scheme, noise, boundary)
+    return Model(checkpoint, scheme, noise, chosen)
 
 
 def _boundary(checkpoint: ckpt.Checkpoint, boundary: str | None) -> str | None:

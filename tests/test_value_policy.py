@@ -241,7 +241,8 @@ def test_a_keep_fraction_leaving_no_pixels_to_learn_from_is_refused(tmp_path):
 
     from retune_cli.cli import app
 
-    result = CliRunner().invoke(app, ["train", "--set", "physics.keep=1e-9", "--out", str(tmp_path / "run"),
+    result = CliRunner().invoke(app, ["train", "--preset", "inpaint-wavelet", "--set", "physics.keep=1e-9", "--out",
+                                      str(tmp_path / "run"),
                                       "--steps", "1"])
     assert result.exit_code == 2 and "physics.keep" in result.stderr and "too few" in result.stderr
     assert not (tmp_path / "run").exists()

@@ -119,7 +119,7 @@ def _model_and_image(first: Path, second: Path | None, model_name: str | None, s
     if model_name is None:
         if second is None:
             raise InputError("give a checkpoint and an image (retune restore CKPT IMAGE), or an image and "
-                             "--model NAME (retune models lists them)")
+                             "--model NAME (retune models lists them; see retune restore --help)")
         return first, second, sigma
     if second is not None:
         raise InputError(f"--model {model_name} replaces the checkpoint: give only the image "
