@@ -105,3 +105,14 @@ def test_restore_writes_jpeg_with_its_quality(trained_run, image_folder, tmp_pat
     assert (tmp_path / "q20.jpg").stat().st_size < (tmp_path / "q95.jpg").stat().st_size
     deep = invoke(ckpt, image, "-o", tmp_path / "x.jpg", "--bits", "16", "--device", "cpu")
     assert deep.exit_code == 2 and "a JPEG holds 8 bits" in deep.output and not (tmp_path / "x.jpg").exists()
+
+
+def test_many_skipped_files_are_one_short_line(trained_run, image_folder, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(image_folder, folder)
+    for i in range(40):
+        (folder / f"notes-with-a-long-name-{i:02d}.txt").write_text("not an image")
+    result = invoke(trained_run / "theta.safetensors", folder, "-o", tmp_path / "out", "--T", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("skipped non-image files"))
+    assert line.endswith("and 35 more") and len(line) < 200

@@ -6,6 +6,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -85,6 +86,14 @@ def _wait_for_rank_0() -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def warn_skipped(paths: list[Path], shown: int = 5) -> None:
+    """One warning line naming the first ``shown`` non-image files skipped in a folder and counting the rest."""
+    if paths:
+        more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+        err_console.print(f"[yellow]skipped non-image files:[/] {escape(', '.join(p.name for p in paths[:shown]))}"
+                          f"{more}", highlight=False)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -21,6 +21,7 @@ from .common import (
     progress_bar,
     set_threads,
     user_errors,
+    warn_skipped,
 )
 
 EPILOG = (
@@ -192,11 +193,7 @@ def _result_line(model, result, output: Path) -> str:
 def _restore_folder(model, job, output, options: dict) -> None:
     from ..restore_folder import restore_folder, summary_rows
 
-    if job.skipped:
-        names = ", ".join(p.name for p in job.skipped[:5])
-        more = f" and {len(job.skipped) - 5} more" if len(job.skipped) > 5 else ""
-        err_console.print(f"[yellow]skipped non-image files:[/] {escape(names)}{more}",
-                          highlight=False)
+    warn_skipped(job.skipped)
     with progress_bar() as progress:
         task = progress.add_task("images", total=len(job.pairs))
         results = restore_folder(

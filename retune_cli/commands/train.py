@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from .common import DEVICE_OPTION, PRESET_HELP, Threads, TrustCode, console, err_console, graceful_stop, user_errors
+from .common import (
+    DEVICE_OPTION,
+    PRESET_HELP,
+    Threads,
+    TrustCode,
+    console,
+    err_console,
+    graceful_stop,
+    user_errors,
+    warn_skipped,
+)
 
 EPILOG = (
     "Examples:  retune train --preset denoise-wavelet-bc --data ~/CBSD68 --out runs/bc   ·   "
@@ -178,8 +188,7 @@ def _theta_text(report) -> str:
 def _report(runs, results: list) -> None:
     from ..rundir import plot_runs
 
-    if results[0].skipped:
-        err_console.print(f"[yellow]skipped non-image files:[/] {', '.join(p.name for p in results[0].skipped)}")
+    warn_skipped(results[0].skipped)
     for (_, cfg, _), result in zip(runs.runs, results):
         console.print(f"done: {result.steps} steps, train PSNR {result.psnr:.2f} dB → {result.checkpoint} "
                       "(also config.yaml, log.csv, psnr.png)", highlight=False)
