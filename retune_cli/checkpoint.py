@@ -15,14 +15,16 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes, unquote_to_bytes
-
-import torch
 
 from . import __version__
 from .config import Config, from_yaml
 from .errors import InputError
 from .files import atomic_write, input_file, read_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "retune-checkpoint"
 FORMAT_VERSION = "1"
@@ -71,8 +73,10 @@ def save(
     optimizer: dict[str, torch.Tensor] | None = None,
     data: Path | None = None,
     processes: int = 1,
+    shown: str | None = None,
 ) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename); ``shown``: what
+    ``retune show`` prints of θ, as JSON (:func:`~.summary.stored`), so that it reads without torch."""
     from safetensors.torch import save as serialize
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in parameters.items()}
@@ -88,6 +92,7 @@ def save(
         "train_psnr": f"{train_psnr:.6f}",
         "data": path_text(data),
         "processes": str(processes),
+        **({"shown": shown} if shown is not None else {}),
     }
     content = serialize(tensors, metadata=metadata)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
@@ -132,6 +137,8 @@ def learned_parameters(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _copy_into(scheme: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Copy checkpoint tensors (names checked by the caller) into θ."""
+    import torch
+
     own = checkpoint_tensors(scheme)
     with torch.no_grad():
         for name, value in tensors.items():
@@ -154,6 +161,8 @@ def load_parameters(scheme: torch.nn.Module, checkpoint: Checkpoint) -> None:
 
 def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
     """Refuse floating-point tensors with NaN or infinite values, naming the first."""
+    import torch
+
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.all(torch.isfinite(v))]
     if bad:
         raise InputError(f"{source}: tensor {bad[0]} has non-finite values")
@@ -175,6 +184,8 @@ def started_config(config: Config, scheme: torch.nn.Module) -> Config:
     """``config`` recording the θ a ``train.init`` run starts from: PnP's ``init_sigma``, ``init_tau`` become
     the (σ, τ) loaded into ``scheme`` (to float32's 7 digits); wavelet θ is a vector that ``train.init``
     names (config.yaml says so in its first line)."""
+    import torch
+
     theta = scheme.theta
     if not config.train.init or not hasattr(theta, "log_sigma"):
         return config
@@ -201,6 +212,8 @@ class TrainState:
 
     def optimizer_tensors(self) -> dict[str, torch.Tensor]:
         """Adam's moments and step counts as ``<param name>.<state key>`` tensors."""
+        import torch
+
         names = {id(p): n for n, p in self.params.items()}
         return {
             f"{names[id(p)]}.{key}": torch.as_tensor(value)
@@ -209,11 +222,16 @@ class TrainState:
         }
 
     def save(self, path: Path, config: Config, step: int, psnr: float, data: Path | None, processes: int) -> None:
-        save(path, config, learned_parameters(self.scheme), step, psnr, self.optimizer_tensors(), data, processes)
+        from .summary import stored
+
+        save(path, config, learned_parameters(self.scheme), step, psnr, self.optimizer_tensors(), data, processes,
+             stored(config, self.scheme))
 
     def load(self, checkpoint: Checkpoint) -> None:
         """θ (and denoiser weights) and Adam's moments from ``checkpoint``, refusing a state that does
         not fit the parameters."""
+        import torch
+
         load_parameters(self.scheme, checkpoint)
         for name, p in self.params.items():
             state = {
@@ -233,6 +251,8 @@ class TrainState:
 def _adam_state_problem(state: dict[str, torch.Tensor], p: torch.nn.Parameter) -> str | None:
     """What is wrong with Adam's state for ``p`` (moments of its shape and dtype, finite, the second
     non-negative; one finite step count ≥ 0), or None."""
+    import torch
+
     if set(state) != ADAM_STATE:
         return "is incomplete"
     moments = [state["exp_avg"], state["exp_avg_sq"]]

@@ -99,6 +99,24 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
     return tensors, header.get("__metadata__") or {}
 
 
+def read_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (tensor entries and ``__metadata__``), read without torch;
+    None when ``path`` is not a readable regular file with a well-formed header."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def writable(path: Path) -> bool:
     """Writable by this process, and not marked read-only (no write bit), which root would ignore."""
     return os.access(path, os.W_OK) and bool(path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

@@ -84,3 +84,23 @@ def test_show_refuses_bad_input_in_one_line(trained_run, tmp_path):
     path = trained_run / "theta.safetensors"
     same = invoke(path, "--plot", path)
     assert same.exit_code == 2 and "--plot" in same.output
+
+
+def test_show_reads_a_checkpoint_without_torch(trained_run):
+    """What needs the engine is stored in the checkpoint: ``show`` answers without importing torch, with
+    the same lines as the engine's path (an older checkpoint, without it, falls back to that path)."""
+    import subprocess
+    import sys
+
+    from retune_cli.summary import summarize_stored
+
+    path = trained_run / "theta.safetensors"
+    code = ("import sys; from retune_cli.cli import app; app(['show', sys.argv[1]], standalone_mode=False); "
+            "print('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    assert "torch imported: False" in out and "λ_j" in out
+    fast, slow = summarize_stored(path), summarize(path)
+    assert fast.facts == slow.facts and fast.values.keys() == slow.values.keys()
+    for key, values in slow.values.items():
+        assert torch.allclose(torch.tensor(fast.values[key], dtype=values.dtype), values)
+    assert torch.allclose(torch.tensor(fast.theta, dtype=slow.theta.dtype), slow.theta)

@@ -27,11 +27,13 @@ def show(
     """Show what a checkpoint learned: λ_j, Λ_b, θ per scale × band (× channel) or PnP σ, τ; preset, K, T, step."""
     with user_errors():
         from ..files import check_outputs
-        from ..summary import summarize
+        from ..summary import summarize, summarize_stored
 
         check_outputs((("--plot", plot),), (("the checkpoint", checkpoint),))
-        set_threads(threads)
-        summary = summarize(checkpoint, trust_code)
+        summary = summarize_stored(checkpoint) if plot is None else None  # no torch: well under a second
+        if summary is None:
+            set_threads(threads)
+            summary = summarize(checkpoint, trust_code)
         figure = _figure_data(summary) if plot is not None else None  # refused before any output
         _render(summary)
         if plot is not None:
@@ -40,12 +42,14 @@ def show(
 
 
 def _numbers(values) -> str:
-    """``a, b, c``; a band × channel tensor ``(3, C)`` per channel: ``R: a, b, c · G: …``."""
+    """``a, b, c``; a band × channel table ``(3, C)`` (a tensor or nested lists) per channel:
+    ``R: a, b, c · G: …``."""
     from ..summary import CHANNELS
 
-    if values.dim() == 2:
-        return " · ".join(f"{CHANNELS[c]}: {_numbers(values[:, c])}" for c in range(values.shape[1]))
-    return ", ".join(f"{v:.4g}" for v in values.tolist())
+    values = values.tolist() if hasattr(values, "tolist") else values
+    if values and isinstance(values[0], list):
+        return " · ".join(f"{CHANNELS[c]}: {_numbers([row[c] for row in values])}" for c in range(len(values[0])))
+    return ", ".join(f"{v:.4g}" for v in values)
 
 
 def _render(summary) -> None:
@@ -63,13 +67,14 @@ def _render(summary) -> None:
     console.print(facts, highlight=False)
     if summary.theta is None:
         return
-    theta, per_channel = summary.theta, summary.theta.shape[2] > 1
+    theta = summary.theta.tolist() if hasattr(summary.theta, "tolist") else summary.theta
+    per_channel = len(theta[0][0]) > 1
     table = Table(title="θ = λ_j √Λ_b per scale j (1 = finest) × band" + (" × channel" if per_channel else ""))
     for name in ("scale j", *(("channel",) if per_channel else ()), *BANDS):
         table.add_column(name, justify="right", no_wrap=True)
     for j, row in enumerate(theta):
-        for c in range(theta.shape[2]):
-            table.add_row(str(j + 1), *((CHANNELS[c],) if per_channel else ()), *[f"{row[b, c]:.4g}" for b in range(3)])
+        for c in range(len(row[0])):
+            table.add_row(str(j + 1), *((CHANNELS[c],) if per_channel else ()), *[f"{row[b][c]:.4g}" for b in range(3)])
     console.print(table)
 
 
