@@ -1,6 +1,7 @@
 """Start-up wall time of the CLI and of the heavy imports it must avoid on ``--help``.
 
 Each command runs in a fresh subprocess: ``retune --help`` (the ``.venv/bin/retune`` console script),
+``retune show`` of a shipped checkpoint (``retune_cli/ready/denoise.safetensors``),
 ``python -c "import torch"``, ``python -c "import deepinv"``, and ``python -c pass`` as the interpreter's
 floor. One warm-up run each (file cache), then ``--runs`` (≥ 5) rounds, the commands in a shuffled order
 each round; medians. ``python -X importtime`` of ``retune --help`` records which top-level modules it
@@ -77,6 +78,7 @@ def main() -> None:
     python = sys.executable
     commands = {
         "retune --help": [script, "--help"],
+        "retune show CKPT": [script, "show", str(REPO_ROOT / "retune_cli" / "ready" / "denoise.safetensors")],
         'python -c "import torch"': [python, "-c", "import torch"],
         'python -c "import deepinv"': [python, "-c", "import deepinv"],
         'python -c "pass"': [python, "-c", "pass"],
@@ -89,6 +91,7 @@ def main() -> None:
     ratios = {
         "retune_help_over_import_torch": med["retune --help"] / med['python -c "import torch"'],
         "retune_help_over_import_deepinv": med["retune --help"] / med['python -c "import deepinv"'],
+        "retune_show_over_import_torch": med["retune show CKPT"] / med['python -c "import torch"'],
     }
     info = machine_info(pick_device())
     result = {
