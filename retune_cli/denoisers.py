@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import reprlib
 from importlib import resources
 from pathlib import Path
@@ -76,6 +77,10 @@ def _from_file(path: Path) -> torch.nn.Module:
             state, arch = torch.load(path, map_location="cpu", weights_only=True), {}
     except InputError:
         raise
+    except pickle.UnpicklingError:  # torch's weights-only loader met Python objects: never unpickled here
+        raise InputError(f"denoiser weights {path} pickle Python objects, which retune does not load (they could "
+                         "run code); save the state_dict alone (torch.save(model.state_dict(), path)) or a "
+                         ".safetensors file") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise InputError(f"cannot read denoiser weights {path}: {reason(e)}") from None
     model = DRUNet(3, 3, pretrained=None, **arch)

@@ -316,3 +316,14 @@ def test_a_theta_so_extreme_that_no_step_exists(command, image_folder, tmp_path)
     one_line_error(invoke(*args, "--device", "cpu"), str(path), "no valid step")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extreme"]
 
+
+
+class _Pickled:
+    """Not a tensor: torch's weights-only loader refuses to unpickle it."""
+
+
+def test_denoiser_weights_pickling_python_objects_are_one_plain_line(image_folder, tmp_path):
+    weights = tmp_path / "model.pth"
+    torch.save({"net": _Pickled()}, weights)
+    refused_training(image_folder, tmp_path / "run", "--preset", "inpaint-pnp", "--set", f"model.denoiser={weights}",
+                     fragments=(str(weights), "state_dict"))
