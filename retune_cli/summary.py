@@ -116,7 +116,8 @@ def _capped_fact(train: TrainConfig, equilibrium: bool, log: list[dict]) -> dict
 
 def summarize_stored(path: Path) -> Summary | None:
     """``path`` described from its metadata alone (no torch), or None when it stores no summary (older
-    checkpoints) or is not a readable checkpoint (then :func:`summarize` says why)."""
+    checkpoints), names user code (plugins, a physics factory: :func:`summarize` asks for --trust-code)
+    or is not a readable checkpoint (then :func:`summarize` says why)."""
     import yaml
 
     from .checkpoint import FORMAT, OPTIMIZER_PREFIX, text_path
@@ -128,10 +129,12 @@ def summarize_stored(path: Path) -> Summary | None:
         return None
     try:
         shown = json.loads(metadata["shown"])
-        train = yaml.safe_load(metadata["config"])["train"]  # parsed, not validated: that needs the engine
-        train = TrainConfig(tol=float(train["tol"]), max_restarts=int(train["max_restarts"]))
+        config = yaml.safe_load(metadata["config"])  # parsed, not validated: that needs the engine
+        if config.get("plugins") or config["physics"].get("factory"):
+            return None  # user code: loaded (or refused without --trust-code) as every command does
+        train = TrainConfig(tol=float(config["train"]["tol"]), max_restarts=int(config["train"]["max_restarts"]))
         step, psnr = int(metadata["step"]), float(metadata["train_psnr"])
-    except (ValueError, KeyError, TypeError, yaml.YAMLError):  # malformed: summarize says what is wrong
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):  # malformed: summarize says what is wrong
         return None
     log = read_log(Path(path).parent / LOG)
     progress = _progress(path, step, psnr, text_path(metadata.get("data", "")))
