@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> None:
 
     fig.tight_layout()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight"))
     finally:
         plt.close(fig)
 
@@ -88,8 +88,8 @@ def plot_curve_panels(path: Path, runs: Mapping[str, Mapping[str, Sequence[float
         ax.set_xlabel("step" if x == "step" else "wall-clock seconds")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    if len(runs) > 1:
-        axes[0][0].legend()
+    if len(runs) > 1:  # outside the axes, right of the second panel: a grid's many runs hide no curve
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     _save(fig, path)
 
 
@@ -164,7 +164,8 @@ def plot_side_by_side(path: Path, panels: Mapping[str, tuple[object, str]]) -> N
 
 def plot_gradient_errors(path: Path, rows: list[dict]) -> None:
     """compare-grads figure: ReTune's relative error to DEQ against T, one colour per K; JFB
-    (the plateau) and its Lemma-1 bound (relative to ‖g_DEQ‖) dashed; log scale."""
+    (the plateau) and its Lemma-1 bound (relative to ‖g_DEQ‖) dashed; log scales (T too when it spans a
+    decade), the legend outside the axes."""
     deq = next(r for r in rows if r["method"] == "deq")
     deq_norm = sum(v * v for v in deq["gradient"]) ** 0.5
     fig, ax = _figure()
@@ -179,6 +180,9 @@ def plot_gradient_errors(path: Path, rows: list[dict]) -> None:
     ax.set_xlabel("restarts T")
     ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
     ax.set_yscale("log")
+    restarts = [r["T"] for r in rows if r["method"] == "retune"]
+    if max(restarts) >= 10 * min(restarts):
+        ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(fig, path)
