@@ -35,52 +35,55 @@ EPILOG = (
 )
 
 
+CheckpointArg = Annotated[Path, typer.Argument(help="theta.safetensors written by retune train (with --model: the "
+                                                 "image).", show_default=False)]
+ImageArg = Annotated[Path | None, typer.Argument(help="Degraded image (clean with --simulate), or a folder of them.",
+                                                 show_default=False)]
+ModelOption = Annotated[str | None, typer.Option("--model", help="A ready-made model (retune models) instead of a "
+                                                 "checkpoint: retune restore IMAGE --model denoise; its noise level is "
+                                                 "estimated (--sigma auto) unless given.")]
+OutputOption = Annotated[Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy "
+                                                   "(float32, H×W×C); for a folder, the folder of "
+                                                   "<stem>.restored.png.")]
+TOption = Annotated[int | None, typer.Option("--T", help="Restarts (default: the checkpoint's T, or its train.tol for "
+                                             "jfb/deq runs).")]
+TolOption = Annotated[float | None, typer.Option(help="Restart until ‖u_t − u_(t−1)‖/‖u_t‖ ≤ tol (u: the scheme's "
+                                                 "iterate; ≤ --T or 1000).")]
+MaskOption = Annotated[Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same "
+                                                 "size.")]
+KernelOption = Annotated[Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per "
+                                                   "channel.")]
+BoundaryOption = Annotated[str | None, typer.Option(
+    help="Deblurring: how the image extends past its edges — reflect, replicate or circular (default: reflect for a "
+         "real image, as photographs are blurred; the checkpoint's with --simulate).")]
+SigmaOption = Annotated[str | None, typer.Option(
+    help="The image's noise level (images in [0, 1]), one or per channel (0.1,0.12,0.09), or auto (estimated from "
+         "the image, per channel), if not the checkpoint's: thresholds scale by it (--simulate adds this noise).")]
+ReferenceOption = Annotated[Path | None, typer.Option(
+    help="A real clean image of the result's size: print PSNR/SSIM of the written result against it; for a folder, "
+         "a folder of the same names (a summary table).")]
+BitsOption = Annotated[int | None, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16 (default: as the input).")]
+
+
 def restore(
-    checkpoint: Annotated[Path, typer.Argument(help="theta.safetensors written by retune train (with --model: "
-                                               "the image).", show_default=False)],
-    image: Annotated[Path | None, typer.Argument(help="Degraded image (clean with --simulate), or a folder of "
-                                                 "them.", show_default=False)] = None,
-    model_name: Annotated[str | None, typer.Option("--model", help="A ready-made model (retune models) instead of "
-                                                   "a checkpoint: retune restore IMAGE --model denoise; its noise "
-                                                   "level is estimated (--sigma auto) unless given.")] = None,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Result: .png/.tif (8 or 16 bit) or .npy (float32, H×W×C); "
-                                  "for a folder, the folder of <stem>.restored.png.")
-    ] = None,
-    T: Annotated[
-        int | None,
-        typer.Option("--T", help="Restarts (default: the checkpoint's T, or its train.tol for jfb/deq runs)."),
-    ] = None,
-    tol: Annotated[
-        float | None,
-        typer.Option(help="Restart until ‖u_t − u_(t−1)‖/‖u_t‖ ≤ tol (u: the scheme's iterate; ≤ --T or 1000)."),
-    ] = None,
+    checkpoint: CheckpointArg,
+    image: ImageArg = None,
+    model_name: ModelOption = None,
+    output: OutputOption = None,
+    T: TOption = None,
+    tol: TolOption = None,
     simulate: Annotated[bool, typer.Option(help="Degrade the clean IMAGE with the checkpoint's physics.")] = False,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed for --simulate.")] = 0,
     save_observation: Annotated[Path | None, typer.Option(help="Also write the degraded image (same rules).")] = None,
-    mask: Annotated[
-        Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same size.")
-    ] = None,
+    mask: MaskOption = None,
     invert_mask: Annotated[bool, typer.Option(help="--mask is white on the holes (as most tools draw one).")] = False,
-    kernel: Annotated[
-        Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per channel.")
-    ] = None,
+    kernel: KernelOption = None,
     normalize_kernel: Annotated[bool, typer.Option(help="Divide --kernel by its sums, not refuse it.")] = False,
-    boundary: Annotated[str | None, typer.Option(
-        help="Deblurring: how the image extends past its edges — reflect, replicate or circular (default: reflect "
-             "for a real image, as photographs are blurred; the checkpoint's with --simulate).")] = None,
+    boundary: BoundaryOption = None,
     scale: Annotated[int | None, typer.Option(help="Super-resolution: the model's factor (checked).")] = None,
-    sigma: Annotated[str | None, typer.Option(help="The image's noise level (images in [0, 1]), one or per channel "
-                                              "(0.1,0.12,0.09), or auto (estimated from the image, per channel), "
-                                              "if not the checkpoint's: thresholds scale by it (--simulate adds "
-                                              "this noise).")] = None,
-    reference: Annotated[
-        Path | None, typer.Option(help="A real clean image of the result's size: print PSNR/SSIM of the written "
-                                  "result against it; for a folder, a folder of the same names (a summary table).")
-    ] = None,
-    bits: Annotated[
-        int | None, typer.Option(help="Bit depth of PNG/TIFF outputs: 8 or 16 (default: as the input).")
-    ] = None,
+    sigma: SigmaOption = None,
+    reference: ReferenceOption = None,
+    bits: BitsOption = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of .jpg outputs.")] = 95,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     accelerate: Accelerate = None,
