@@ -30,6 +30,7 @@ from .errors import InputError
 from .files import write_text
 from .images import read_image
 from .limits import check_cost
+from .memory_check import check_fits, graph_bytes
 
 DEFAULT_IMAGE = "astronaut.png"
 FD_MAX_PARAMETERS = 128  # finite differences cost 2·d fixed-point solves: beyond this, they are skipped
@@ -240,6 +241,9 @@ def compare_gradients(
     report = on_progress or (lambda what, done, total: None)
     report("fixed point", 0, total)
     p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source, fp_tol)
+    fixed, per_step = graph_bytes(p.scheme, p.obs, SolveOptions())
+    check_fits(fixed + per_step * iterations, p.obs.y.device, f"the unrolled row --K {max(Ks)} × --T {max(Ts)} on a "
+               f"--crop {crop} image", "lower --K, --T or --crop")
     result = Comparison(_theta_names(p.scheme))
 
     def say(what: str) -> None:

@@ -9,12 +9,13 @@ for unrolled gradients and ``K`` otherwise (ReTune, JFB, DEQ record one Φ_K). T
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 
 from .config import Config
-from .core.hypergrad import solve
+from .core.hypergrad import SolveOptions, solve
 from .core.memory import saved_tensor_bytes
 from .errors import InputError
 from .models import solve_options
@@ -41,6 +42,25 @@ def available_memory(device: torch.device | str) -> int | None:
         return None
 
 
+def graph_bytes(scheme: torch.nn.Module, obs, options: SolveOptions) -> tuple[int, int]:
+    """``(fixed, per step)``: bytes autograd keeps for an unrolled solve of ``scheme`` on ``obs``, from
+    solves of one and two elementary steps (``options`` give the rest)."""
+    kept = []
+    for k in (1, 2):
+        with saved_tensor_bytes() as total:
+            solve(scheme, obs, dataclasses.replace(options, K=k, T=1, accelerate="none"), "unrolled")
+        kept.append(total[0])
+    return max(2 * kept[0] - kept[1], 0), max(kept[1] - kept[0], 0)
+
+
+def check_fits(need: int, device: torch.device | str, what: str, advice: str) -> None:
+    """Refuse ``need`` bytes (``what`` keeps them) above :data:`SHARE` of the memory available now."""
+    available = available_memory(device)
+    if available is not None and need > SHARE * available:
+        raise InputError(f"{what} keeps about {need / GiB:.3g} GiB for backpropagation, but "
+                         f"{available / GiB:.3g} GiB are available now; {advice}")
+
+
 def step_bytes(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> tuple[int, int]:
     """``(bytes one training image keeps, elementary steps recorded)`` for ``config``'s crop, K, T and
     gradient, measured on one crop (see the module docstring)."""
@@ -48,14 +68,9 @@ def step_bytes(config: Config, scheme: torch.nn.Module, device: torch.device | s
     clean = torch.rand(1, 3, t.crop, t.crop, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         obs = scheme.physics.simulate(clean, 0)
-    kept = []
-    for k in (1, 2):
-        with saved_tensor_bytes() as total:
-            solve(scheme, obs, solve_options(t, K=k, T=1, accelerate="none"), "unrolled")
-        kept.append(total[0])
-    per_step, fixed = kept[1] - kept[0], 2 * kept[0] - kept[1]
+    fixed, per_step = graph_bytes(scheme, obs, solve_options(t))
     steps = t.K * t.T if t.gradient == "unrolled" else t.K
-    return max(fixed, 0) + max(per_step, 0) * steps, steps
+    return fixed + per_step * steps, steps
 
 
 def check_step_memory(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> None:
@@ -65,12 +80,8 @@ def check_step_memory(config: Config, scheme: torch.nn.Module, device: torch.dev
         return
     per_image, steps = step_bytes(config, scheme, device)
     t = config.train
-    need = per_image * t.batch_size
-    if need <= SHARE * available:
-        return
     fits = int(SHARE * available // max(per_image, 1))
     advice = (f"--batch-size {fits} fits" if fits >= 1 else
               f"even one image does not fit: lower --K{', --T' if t.gradient == 'unrolled' else ''} or --crop")
-    raise InputError(f"a training step keeps about {need / GiB:.3g} GiB for backpropagation ({steps} steps × "
-                     f"--batch-size {t.batch_size} × --crop {t.crop}²), but {available / GiB:.3g} GiB are available "
-                     f"now; {advice}")
+    check_fits(per_image * t.batch_size, device, f"a training step ({steps} steps × --batch-size {t.batch_size} × "
+               f"--crop {t.crop}²)", advice)

@@ -35,3 +35,11 @@ def test_a_step_that_does_not_fit_is_refused_before_the_run(monkeypatch, image_f
     line = result.stderr.strip().splitlines()[-1]
     assert "GiB for backpropagation" in line and "--batch-size" in line and "fits" in line, line
     assert not (tmp_path / "run" / "theta.safetensors").exists()
+
+
+def test_compare_grads_unrolled_row_that_does_not_fit_is_refused(monkeypatch):
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 2_000_000)  # 2 MB
+    result = CliRunner().invoke(app, ["compare-grads", "--K", "5", "--T", "40", "--crop", "32"])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--K 5 × --T 40" in line and "GiB for backpropagation" in line and "lower --K" in line, line
