@@ -12,7 +12,7 @@ import torch
 
 from .core.physics import Params, UserOperator
 from .errors import InputError
-from .images import read_array, read_image, read_mask
+from .images import IMAGE_SUFFIXES, read_array, read_image, read_mask, read_stored
 from .values import keep_warning
 
 KERNEL_SUM_TOL = 1e-3
@@ -20,14 +20,21 @@ KERNEL_SUM_TOL = 1e-3
 
 def _read_operator(path: Path, spec: UserOperator, invert_mask: bool = False) -> torch.Tensor:
     """A user's operator file: a mask (binary, :func:`~.images.read_mask`; ``invert_mask``: white = the
-    holes), an image or an array."""
+    holes), an image, or an array (``.npy``; an image file in its place, e.g. a PSF saved by an editor, is
+    read as one: gray → ``(h, w)``, colour → ``(3, h, w)``, divided by its sums, whose scale an image
+    does not fix)."""
     flag = f"--{spec.flag}"
     if spec.flag == "mask":
         mask = read_mask(path, flag)
         if invert_mask and not bool((mask == 0).any()):
             raise InputError(f"{flag} {path} is all white: inverted (--invert-mask) it keeps no pixel")
         return 1 - mask if invert_mask else mask
-    return read_image(path, flag) if spec.reads == "image" else torch.from_numpy(read_array(path, flag))
+    if spec.reads == "image":
+        return read_image(path, flag)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image, stored = read_stored(path, flag)
+        return _normalized(image[0] if stored.gray else image)
+    return torch.from_numpy(read_array(path, flag))
 
 
 def _normalized(kernel: torch.Tensor) -> torch.Tensor:

@@ -237,13 +237,14 @@ def test_deblurring_restore_with_a_kernel(operator_runs, image_folder, tmp_path)
     assert np.std(np.load(tmp_path / "default.npy") - blurred) > 0.06  # the checkpoint's own 25-wide blur
 
 
-@pytest.mark.parametrize("content", ["text", "png"])
-def test_kernel_that_is_not_npy_exits_2(operator_runs, image_folder, tmp_path, content):
+@pytest.mark.parametrize("content", ["text", "black png"])
+def test_kernel_that_is_not_a_kernel_exits_2(operator_runs, image_folder, tmp_path, content):
+    """Neither an .npy array nor an image, or a PSF image that is all black (a PSF image is read as a kernel)."""
     if content == "text":
         kernel = tmp_path / "k.txt"
         kernel.write_text("0.2 0.2 0.2 0.2 0.2\n")
     else:
-        kernel = write_mask(tmp_path / "k.png", np.ones((5, 5)))
+        kernel = write_mask(tmp_path / "k.png", np.zeros((5, 5)))
     bad(invoke("restore", operator_runs["deblur"], image_folder / "im0.png", "--kernel", kernel,
                "-o", tmp_path / "o.png"), "--kernel", kernel.name)
     assert not (tmp_path / "o.png").exists()

@@ -215,3 +215,21 @@ def test_a_ready_made_model_restores_with_the_noise_level_estimated(tmp_path):
     one_line_error(invoke("restore", tmp_path / "noisy.png", tmp_path / "noisy.png", "--model", "denoise",
                           "-o", tmp_path / "o.png"), "replaces the checkpoint")
     one_line_error(invoke("restore", tmp_path / "noisy.png", "-o", tmp_path / "o.png"), "--model")
+
+
+def test_a_psf_image_is_a_kernel_divided_by_its_sum(tmp_path, image_folder):
+    """``--kernel psf.png`` (a blur kernel saved as an image, any brightness) restores as the same kernel
+    given as a normalized ``.npy`` array."""
+    from tests.conftest import TINY_FLAGS
+
+    run = tmp_path / "deblur"
+    ok(invoke("train", "--preset", "deblur-wavelet", "--steps", 1, *TINY_FLAGS, "--data", image_folder, "--out", run,
+              "--set", "physics.blur_width=5"))
+    psf = np.zeros((7, 7), np.uint8)
+    psf[3, 1:6] = 200  # a horizontal motion of 5 pixels, as an editor would save it
+    Image.fromarray(psf).save(tmp_path / "psf.png")
+    np.save(tmp_path / "psf.npy", (psf / psf.sum()).astype(np.float32))
+    for kernel in ("psf.png", "psf.npy"):
+        ok(invoke("restore", run / "theta.safetensors", image_folder / "im0.png", "--kernel", tmp_path / kernel,
+                  "-o", tmp_path / f"{kernel}.out.npy", "--T", 3, "--device", "cpu"))
+    assert np.allclose(np.load(tmp_path / "psf.png.out.npy"), np.load(tmp_path / "psf.npy.out.npy"), atol=1e-6)

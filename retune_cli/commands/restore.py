@@ -52,7 +52,7 @@ TolOption = Annotated[float | None, typer.Option(help="Restart until ‖u_t − 
 MaskOption = Annotated[Path | None, typer.Option(help="Inpainting: image of the known pixels (white = kept), same "
                                                  "size.")]
 KernelOption = Annotated[Path | None, typer.Option(help="Deblurring: .npy kernel, (h, w) shared or (3, h, w) per "
-                                                   "channel.")]
+                                                   "channel, or a PSF image (.png…, divided by its sum).")]
 BoundaryOption = Annotated[str | None, typer.Option(
     help="Deblurring: how the image extends past its edges — reflect, replicate or circular (default: reflect for a "
          "real image, as photographs are blurred; the checkpoint's with --simulate).")]

@@ -180,7 +180,7 @@ class ChannelBlur(Physics):
 
     name = "deblur"
     options = ("blur_width", "kernel", "kernel_size", "boundary")
-    user_operator = UserOperator("kernel", "array", "an (h, w) or (3, h, w) .npy array")
+    user_operator = UserOperator("kernel", "array", "an (h, w) or (3, h, w) .npy array, or a PSF image")
 
     def __init__(self, sigma: Sequence[float], blur_width: int = 25, kernel: str | torch.Tensor = "uniform-channel",
                  kernel_size: int = 25, boundary: str = "circular"):
