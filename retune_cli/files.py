@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import InputError
 
@@ -81,11 +83,23 @@ def reading(path: Path, what: str) -> Iterator[None]:
         logger.disabled = disabled
 
 
+def _safetensors_header(stream: BinaryIO) -> dict:
+    """The JSON header at the start of a safetensors ``stream`` (its length in 8 little-endian bytes, then the
+    JSON: tensor entries and ``__metadata__``); ValueError when malformed."""
+    import json
+
+    size = int.from_bytes(stream.read(8), "little")
+    if not 2 <= size <= 100_000_000:
+        raise ValueError(f"a header of {size} bytes")
+    header = json.loads(stream.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
+
+
 def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file, read through Python (so that any file name works,
     even one that is not UTF-8); a malformed file is refused naming it."""
-    import json
-
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -95,26 +109,18 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
             tensors = load(data)  # checks the whole layout, header included
         except SafetensorError as e:
             raise InputError(f"{path} is not a readable safetensors file ({reason(e)})") from None
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        header = _safetensors_header(io.BytesIO(data))
     return tensors, header.get("__metadata__") or {}
 
 
 def read_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file (tensor entries and ``__metadata__``), read without torch;
-    None when ``path`` is not a readable regular file with a well-formed header."""
-    import json
-
+    """The header of a safetensors file (:func:`_safetensors_header`), read without torch; None when
+    ``path`` is not a readable regular file with a well-formed header."""
     try:
         with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return None
-            header = json.loads(f.read(size))
+            return _safetensors_header(f) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
     except (OSError, ValueError):
         return None
-    return header if isinstance(header, dict) else None
 
 
 def writable(path: Path) -> bool:

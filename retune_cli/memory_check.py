@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -53,12 +54,13 @@ def graph_bytes(scheme: torch.nn.Module, obs, options: SolveOptions) -> tuple[in
     return max(2 * kept[0] - kept[1], 0), max(kept[1] - kept[0], 0)
 
 
-def check_fits(need: int, device: torch.device | str, what: str, advice: str) -> None:
-    """Refuse ``need`` bytes (``what`` keeps them) above :data:`SHARE` of the memory available now."""
+def check_fits(need: int, device: torch.device | str, what: str, advice: Callable[[float], str]) -> None:
+    """Refuse ``need`` bytes (``what`` keeps them) above :data:`SHARE` of the memory available now;
+    ``advice(room)`` says what fits in the ``room`` bytes a step may take."""
     available = available_memory(device)
     if available is not None and need > SHARE * available:
         raise InputError(f"{what} keeps about {need / GiB:.3g} GiB for backpropagation, but "
-                         f"{available / GiB:.3g} GiB are available now; {advice}")
+                         f"{available / GiB:.3g} GiB are available now; {advice(SHARE * available)}")
 
 
 def step_bytes(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> tuple[int, int]:
@@ -75,13 +77,13 @@ def step_bytes(config: Config, scheme: torch.nn.Module, device: torch.device | s
 
 def check_step_memory(config: Config, scheme: torch.nn.Module, device: torch.device | str) -> None:
     """Refuse a training step whose graph does not fit in the memory available, saying what fits."""
-    available = available_memory(device)
-    if available is None:
-        return
     per_image, steps = step_bytes(config, scheme, device)
     t = config.train
-    fits = int(SHARE * available // max(per_image, 1))
-    advice = (f"--batch-size {fits} fits" if fits >= 1 else
-              f"even one image does not fit: lower --K{', --T' if t.gradient == 'unrolled' else ''} or --crop")
-    check_fits(per_image * t.batch_size, device, f"a training step ({steps} steps × --batch-size {t.batch_size} × "
-               f"--crop {t.crop}²)", advice)
+
+    def advice(room: float) -> str:
+        fits = int(room // max(per_image, 1))
+        return (f"--batch-size {fits} fits" if fits >= 1 else
+                f"even one image does not fit: lower --K{', --T' if t.gradient == 'unrolled' else ''} or --crop")
+
+    check_fits(per_image * t.batch_size, device, f"a training step ({steps} steps × --batch-size {t.batch_size} "
+               f"× --crop {t.crop}²)", advice)

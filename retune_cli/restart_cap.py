@@ -50,14 +50,10 @@ def log_value(row: dict, key: str) -> float:
     return float(value) if value not in (None, "") else math.nan
 
 
-def capped_steps(train: TrainConfig, rows: list[dict], equilibrium: bool | None = None) -> CappedSteps | None:
+def capped_steps(train: TrainConfig, rows: list[dict], equilibrium: bool) -> CappedSteps | None:
     """The steps of ``rows`` (log rows: numbers or their text) that stopped at ``train.max_restarts``
-    with a residual above ``train.tol``; None for a mode that does not restart to a fixed point
-    (``equilibrium``: whether ``train.gradient`` does, when known; else asked of the engine)."""
-    if equilibrium is None:
-        from .core.hypergrad import GRADIENT_MODES
-
-        equilibrium = GRADIENT_MODES[train.gradient].equilibrium
+    with a residual above ``train.tol``; None unless ``equilibrium`` (``train.gradient`` restarts to a
+    fixed point: its ``GRADIENT_MODES`` entry says so)."""
     if not equilibrium:
         return None
     residuals = [log_value(r, "residual") for r in rows if log_value(r, "restarts") >= train.max_restarts]

@@ -140,11 +140,10 @@ class Output:
 
     def write(self, result: RestoreResult, stored: Stored) -> None:
         """Both images, gray when the input was gray."""
-        bits = 8 if self.path.suffix.lower() in JPEG else (self.bits or stored.bits)
-        write_image(self.path, result.restored, bits, self.quality, stored.gray)
-        if self.observation is not None:
-            bits = 8 if self.observation.suffix.lower() in JPEG else (self.bits or stored.bits)
-            write_image(self.observation, result.observation, bits, self.quality, stored.gray)
+        for path, image in ((self.path, result.restored), (self.observation, result.observation)):
+            if path is not None:
+                bits = 8 if path.suffix.lower() in JPEG else (self.bits or stored.bits)
+                write_image(path, image, bits, self.quality, stored.gray)
 
 
 def check_fits(model: Model, shape: torch.Size, image: Path | str) -> None:
@@ -218,12 +217,11 @@ def restore_file(
     clean, obs = _observe(model, x, image, simulate_seed, params)
     if reference is not None:
         clean = _reference(model, x, reference)
-    noise = None
     if sigma == "auto":
         model = with_estimated_noise(model, obs, image)
-        noise = model.noise
     solution = run(model, obs, T, tol, accelerate, on_restart)
-    result = RestoreResult(solution.x[0], obs.y[0], solution.restarts, solution.residual, None, None, noise=noise)
+    result = RestoreResult(solution.x[0], obs.y[0], solution.restarts, solution.residual, None, None,
+                           noise=model.noise if sigma == "auto" else None)
     if output is not None:
         output.write(result, stored)
     if clean is None:

@@ -102,12 +102,14 @@ def stored(config: Config, scheme: torch.nn.Module) -> str:
                        "equilibrium": GRADIENT_MODES[config.train.gradient].equilibrium}, ensure_ascii=False)
 
 
-def _progress(path: Path, step: int, psnr: float, data: Path | None) -> dict[str, str]:
+def _progress(step: int, psnr: float, data: Path | None) -> dict[str, str]:
+    """The run's progress shown: step, train PSNR, training data."""
     return {"step": str(step), "train PSNR": f"{psnr:.2f} dB",
             "data": str(data or "built-in samples or images in memory")}
 
 
 def _capped_fact(train: TrainConfig, equilibrium: bool, log: list[dict]) -> dict[str, str]:
+    """``fixed point``: the logged steps stopped at ``train.max_restarts`` (runs to the fixed point only)."""
     from .restart_cap import capped_steps
 
     capped = capped_steps(train, log, equilibrium)
@@ -137,7 +139,7 @@ def summarize_stored(path: Path) -> Summary | None:
     except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):  # malformed: summarize says what is wrong
         return None
     log = read_log(Path(path).parent / LOG)
-    progress = _progress(path, step, psnr, text_path(metadata.get("data", "")))
+    progress = _progress(step, psnr, text_path(metadata.get("data", "")))
     facts = shown["facts"] | progress | _capped_fact(train, shown["equilibrium"], log)
     denoiser = sum(1 for k in header if k.startswith("denoiser.") and not k.startswith(OPTIMIZER_PREFIX))
     return Summary(Path(path), facts, shown["values"], shown["theta"], log, denoiser)
@@ -151,7 +153,7 @@ def summarize(path: Path, trust_code: bool = False) -> Summary:
     model = load_model(path, "cpu", trust_code)
     c, ck = model.config, model.checkpoint
     log = read_log(Path(path).parent / LOG)
-    facts = _facts(c) | _progress(path, ck.step, ck.train_psnr, ck.data) | _capped_fact(
+    facts = _facts(c) | _progress(ck.step, ck.train_psnr, ck.data) | _capped_fact(
         c.train, GRADIENT_MODES[c.train.gradient].equilibrium, log)
     denoiser = sum(1 for k in ck.parameters if k.startswith("denoiser."))
     return Summary(Path(path), facts, _values(model.scheme), wavelet_theta(model.scheme), log, denoiser)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import Config
+from .core.hypergrad import GRADIENT_MODES
 from .data import Images, steps_per_epoch
 from .distributed import Group
 from .errors import InputError
@@ -79,8 +80,9 @@ class Run:
     def result(self, out: Path, total: int, skipped: list[Path]) -> TrainResult:
         """The run's result, with its last residual and (jfb, deq) the steps its log shows at the cap."""
         residual = log_value(self.rows[-1], "residual") if self.rows else math.nan
+        equilibrium = GRADIENT_MODES[self.config.train.gradient].equilibrium
         return TrainResult(out, self.run.checkpoint, total, self.psnr, skipped, residual,
-                           capped_steps(self.config.train, self.rows))
+                           capped_steps(self.config.train, self.rows, equilibrium))
 
 
 def open_run(config: Config, out: Path, images: Images, data: Path | None, resume: ckpt.Checkpoint | None,

@@ -212,7 +212,7 @@ class ChannelBlur(Physics):
 
     @property
     def exact_data_prox(self) -> bool:
-        """Whether :meth:`prox_data` exists: in Fourier, for circular boundaries only."""
+        """:meth:`prox_data` exists in Fourier, for circular boundaries only."""
         return self.boundary == "circular"
 
     def _op(self, x: torch.Tensor, params: Params | None):

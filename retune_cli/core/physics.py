@@ -161,6 +161,12 @@ class Physics:
         """The observation as an estimate of the image (the baseline of evaluations): ``y`` by default."""
         return obs.y
 
+    @property
+    def exact_data_prox(self) -> bool:
+        """Whether :meth:`prox_data` exists with this physics' options: whether its class implements it, by
+        default (a physics whose options can rule it out overrides this)."""
+        return type(self).prox_data is not Physics.prox_data
+
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
         """``prox_{τ f}(z) = argmin_x ½‖A x − y‖² + ‖x − z‖²/(2τ)`` exactly (schemes that split the data term)."""
         raise ValueError(f"physics {self.name} has no exact proximal operator of its data term; use model.scheme=fb")

@@ -138,10 +138,11 @@ def register_scheme(name: str, prior: str | None = None) -> Callable[[type[Schem
 
 
 def has_data_prox(physics: type[Physics] | Physics) -> bool:
-    """Whether a physics class implements the exact ``prox_{τf}`` of its data term (and, for an instance, offers
-    it with its options: ``exact_data_prox``, e.g. a blur's circular boundary only)."""
-    cls = physics if isinstance(physics, type) else type(physics)
-    return cls.prox_data is not Physics.prox_data and (cls is physics or getattr(physics, "exact_data_prox", True))
+    """Whether a physics class implements the exact ``prox_{τf}`` of its data term, or a physics offers it
+    with its options (:attr:`~.physics.Physics.exact_data_prox`)."""
+    if isinstance(physics, type):
+        return physics.prox_data is not Physics.prox_data
+    return physics.exact_data_prox
 
 
 def scheme_class(scheme: str, prior: type[Prior], physics: type[Physics] | None = None) -> type[Scheme]:
