@@ -64,6 +64,15 @@ def crop_heldout(src: Path, dst: Path, side: int, count: int | None = None) -> l
     return names
 
 
+def heldout_setup(work: Path, side: int, count: int | None = None) -> tuple[Path, Path, list[str]]:
+    """The CBSD68 split in ``work`` (:func:`split` of :data:`DATA`) and ``side``² center crops of the first
+    ``count`` held-out images (default all) in ``work/heldout-crops``: ``(train folder, crops, held-out names)``."""
+    train_dir, held, _, names = split(DATA, work)
+    crops = work / "heldout-crops"
+    crop_heldout(held, crops, side, count)
+    return train_dir, crops, names
+
+
 def learned_weights(path: Path) -> dict:
     """``λ = exp(log_lambda)``, ``Λ = exp(log_Lambda)`` and the per-level diagonal θ = λ_j sqrt(Λ)."""
     params = ckpt.load(path).parameters

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from experiment_common import DATA, N_HELDOUT, crop_heldout, read_log, save_initial, scores, split, train_run
+from experiment_common import N_HELDOUT, crop_heldout, heldout_setup, read_log, save_initial, scores, train_run
 
 from retune_cli.config import resolve, with_overrides
 from retune_cli.evaluate import evaluate
@@ -124,7 +124,7 @@ def _steps_for(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--steps-for", type=_steps_for, default={},
@@ -143,13 +143,11 @@ def main() -> None:
     if args.quick:
         args.steps, args.crop, args.side, args.json = 2, 32, 32, Path("/tmp/retune-bench/experiment_priors.json")
     args.solve = {"T": args.eval_T, "accelerate": args.eval_accelerate}
-    torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="retune-priors-"))
-    train_dir, held, _, names = split(DATA, work)
-    heldout = work / "heldout-crops"
-    crop_heldout(held, heldout, args.side, 2 if args.quick else None)
-    tune = work / "tune-crops"  # where a user would choose the single weight: images they have
-    crop_heldout(train_dir, tune, args.side, 2 if args.quick else N_HELDOUT)
+    return args
+
+
+def _run_tasks(args, work: Path, train_dir: Path, heldout: Path, tune: Path) -> tuple[dict, list[dict]]:
+    """``(results per task, table rows)`` of ``--tasks``, with the other tasks of ``--json`` under ``--merge``."""
     results, table = {}, []
     if args.merge and args.json.is_file():
         kept = json.loads(args.json.read_text())
@@ -173,6 +171,17 @@ def main() -> None:
         r["vs_hand_tuned_tv_db"] = r["learned_psnr"] - tv[0] if tv else None
         r["vs_oracle_tv_db"] = r["learned_psnr"] - oracle[0] if oracle and oracle[0] is not None else None
     table.sort(key=lambda r: list(TASKS).index(r["task"]))
+    return results, table
+
+
+def main() -> None:
+    args = _arguments()
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="retune-priors-"))
+    train_dir, heldout, names = heldout_setup(work, args.side, 2 if args.quick else None)
+    tune = work / "tune-crops"  # where a user would choose the single weight: images they have
+    crop_heldout(train_dir, tune, args.side, 2 if args.quick else N_HELDOUT)
+    results, table = _run_tasks(args, work, train_dir, heldout, tune)
     setup = {"data": "CBSD68 (first 60 train, last 8 held out)", "heldout": names, "steps": args.steps,
              "steps_for": args.steps_for, "tune": "center crops of the first 8 training images",
              "crop": args.crop, "side": args.side, "batch": 4, "seed": 0, "threads": 1, "grid": GRID,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from experiment_common import DATA, crop_heldout, scores, split, train_run
+from experiment_common import heldout_setup, scores, train_run
 
 from retune_cli.config import resolve
 from retune_cli.evaluate import evaluate
@@ -42,9 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="retune-ready-"))
-    train_dir, held, _, names = split(DATA, work)
-    heldout = work / "heldout-crops"
-    crop_heldout(held, heldout, 128)
+    train_dir, heldout, names = heldout_setup(work, 128)
     catalog = yaml.safe_load(CATALOG.read_text()) if CATALOG.is_file() else {}
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.only.split(","):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from experiment_common import DATA, crop_heldout, split
+from experiment_common import heldout_setup
 from PIL import Image, ImageDraw
 
 from retune_cli.images import read_image
@@ -183,9 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="retune-real-"))
-    _, held, _, names = split(DATA, work)
-    crops = work / "clean"
-    crop_heldout(held, crops, args.side, args.count)
+    _, crops, names = heldout_setup(work, args.side, args.count)
     clean = {f.name: read_image(f).numpy().transpose(1, 2, 0).astype(np.float64) for f in sorted(crops.iterdir())}
     tasks = {"denoise": denoise_rows, "deblur": deblur_rows, "inpaint": inpaint_rows}
     rows = json.loads(args.json.read_text())["tasks"] if args.json.is_file() else {}  # other tasks kept
