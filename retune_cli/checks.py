@@ -39,9 +39,11 @@ def _validate_physics(config: Config) -> None:
     _check(len(p.sigma) in (1, 3) and all(s >= 0 for s in p.sigma), "physics.sigma must be 1 or 3 numbers ≥ 0")
     _check(0 < p.keep <= 1, "physics.keep (fraction of pixels kept) must be in (0, 1]")
     crop = config.train.crop
-    _check("keep" not in physics_class(p.name).options or p.keep * crop**2 >= MIN_KEPT,
-           f"physics.keep {p.keep:g} keeps {p.keep * crop**2:.2g} of a {crop}² crop's pixels on average: too few "
-           f"to learn from; give physics.keep ≥ {MIN_KEPT / crop**2:.2g} (or a larger crop)")
+    random_pixels = "keep" in physics_class(p.name).options and p.mask == "random" and not p.masks
+    if random_pixels and crop >= 1:  # physics.keep only sets random-pixel masks; train.crop is checked with train
+        _check(p.keep * crop**2 >= MIN_KEPT,
+               f"physics.keep {p.keep:g} keeps {p.keep * crop**2:.2g} of a {crop}² crop's pixels on average: too few "
+               f"to learn from; give physics.keep ≥ {MIN_KEPT / crop**2:.2g} (or a larger crop)")
     for key, low, high in (("blur_width", 1, 1024), ("kernel_size", 1, 1024), ("factor", 2, 64)):
         _check(low <= getattr(p, key) <= high, f"physics.{key} must be between {low} and {high} (kernels, factors)")
     _choice(p.boundary, BOUNDARIES, "physics.boundary")

@@ -27,9 +27,11 @@ class PhysicsConfig:
 
     name: str = "denoise"
     sigma: list[float] = field(default_factory=lambda: [0.10, 0.25, 0.50])
-    keep: float = 0.1  # inpaint: fraction of pixels kept
+    keep: float = 0.1  # inpaint: fraction of pixels kept (physics.mask random)
+    mask: str = "random"  # inpaint: random | strokes | text | blocks, drawn per image
+    masks: str = ""  # inpaint: a folder of mask images (white = kept), one drawn per image, cut to the images
     blur_width: int = 25  # deblur: width of the uniform kernels
-    kernel: str = "uniform-channel"  # deblur: uniform-channel | gaussian | motion (drawn per image)
+    kernel: str = "uniform-channel"  # deblur: uniform-channel | gaussian | motion (drawn per image) | a .npy/PSF file
     kernel_size: int = 25  # deblur: side of the gaussian/motion kernels
     boundary: str = "circular"  # deblur: circular | reflect | replicate (how the image extends past its edges)
     factor: int = 4  # sr: downsampling factor

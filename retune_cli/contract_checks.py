@@ -100,9 +100,9 @@ def check_norm_bounds(physics: Physics, shape=SHAPE, seed: int = 0, tolerance: f
                           f"σ_min = {bounds.sigma_min:.4g} is no lower bound: ‖A x‖/‖x‖ = {ratio:.4g} for image {i}")
     if physics.identity and not torch.equal(physics.A(x, params), x):
         return result("norm_bounds", math.inf, tolerance, "identity = True but A x ≠ x")
-    largest = max(norms)
-    return result("norm_bounds", max(largest / bounds.norm - 1, 0.0), tolerance,
-                  f"‖A‖ ≤ {bounds.norm:.6g} over the batch (power iteration per image: {largest:.6g})")
+    largest, bound = max(norms), float(bounds.norm)
+    return result("norm_bounds", max(largest / bound - 1, 0.0), tolerance,
+                  f"‖A‖ ≤ {bound:.6g} over the batch (power iteration per image: {largest:.6g})")
 
 
 def check_prox_data(physics: Physics, shape=SHAPE, seed: int = 0, tau: float = 0.7, tolerance: float = 1e-6) -> Check:

@@ -2,19 +2,22 @@
 group on its own observations.
 
 Observations are comparable when the observation model agrees: the physics (``physics.name``), the
-options its class declares (``keep``, ``blur_width``, ``factor``, ``factory``, …) and the noise σ per
-channel (one value stands for three equal ones). Other config keys (the model, training) do not matter.
+options its class declares (``keep``, ``mask``, ``masks``, ``blur_width``, ``kernel`` (a file's path as
+given), ``factor``, ``factory``, …) and the noise σ per channel (one value stands for three equal ones).
+Other config keys (the model, training) do not matter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import Config, PhysicsConfig
 from .core.operators import PHYSICS
 from .models import per_channel
+
+DEFAULTS = {f.name: f.default for f in fields(PhysicsConfig)}
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ def degradation_key(physics: PhysicsConfig) -> tuple:
 
 
 def degradation_name(physics: PhysicsConfig) -> str:
-    """``deblur · blur_width = 25 · … · σ = 0.05``: the key, read aloud."""
+    """``deblur · blur_width = 25 · … · σ = 0.05``: the key, read aloud (a choice at its default, e.g.
+    ``mask = random``, ``masks`` unset, ``boundary = circular``, left out)."""
     name, options, sigma = degradation_key(physics)
     sigma = sigma[:1] if len(set(sigma)) == 1 else sigma
-    return " · ".join([name, *(f"{k} = {v}" for k, v in options), "σ = " + ", ".join(f"{s:g}" for s in sigma)])
+    shown = [f"{k} = {v}" for k, v in options if not (isinstance(v, str) and v == DEFAULTS.get(k))]
+    return " · ".join([name, *shown, "σ = " + ", ".join(f"{s:g}" for s in sigma)])
 
 
 def group_by_degradation(configs: list[Config]) -> list[Degradation]:

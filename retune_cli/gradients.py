@@ -204,8 +204,8 @@ def _check_options(Ks: list[int], Ts: list[int], solver: str, tol: float, fp_tol
         raise InputError("--K and --T values must be at least 1")
     if solver not in ADJOINT_SOLVERS:
         raise InputError(f"--solver must be one of {', '.join(ADJOINT_SOLVERS)}, not {solver!r}")
-    if not tol >= 0:
-        raise InputError(f"--tol must be 0 or positive, not {tol}")
+    if not 0 <= tol < 1:
+        raise InputError(f"--tol (the DEQ adjoint's relative residual) must be in [0, 1), not {tol}")
     if not 0 < fp_tol < 1:
         raise InputError(f"--fixed-point-tol must be in (0, 1), not {fp_tol}")
     return fp_tol

@@ -22,16 +22,19 @@ from .core.prior import Prior
 from .core.scheme import Scheme
 from .data import derive_seed
 from .errors import InputError
+from .user_degradations import file_options
 
 CHANNELS = 3  # images are read as RGB
 QUANTIZATION_NOISE = 1 / (255 * math.sqrt(12))  # std of rounding to 8 bits: the noise start's floor on σ
 
 
 def physics_from(config: Config) -> Physics:
-    """The degradation of ``config.physics`` (the registry picks the options its class takes)."""
+    """The degradation of ``config.physics`` (the registry picks the options its class takes); options given
+    as files (a kernel, a mask folder) are read as tensors (:func:`~.user_degradations.file_options`)."""
     options = dataclasses.asdict(config.physics)
     options |= options.pop("options")  # a plugin physics' declared options
     physics_class(options["name"])  # the built-in and plugin physics registered, or a ValueError naming them
+    options |= file_options(config.physics, config.train.crop)
     return build_physics(options.pop("name"), options.pop("sigma"), **options)
 
 
@@ -108,10 +111,10 @@ def trainable(scheme: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {checkpoint_name(scheme, name): p for name, p in scheme.named_parameters() if p.requires_grad}
 
 
-def denoiser_sigma(scheme: torch.nn.Module) -> float | None:
-    """PnP's σ, the denoiser's noise level ``exp(log σ)``; None for a scheme without one."""
-    log_sigma = getattr(scheme.theta, "log_sigma", None)
-    return None if log_sigma is None else float(torch.exp(log_sigma.detach()))
+def denoiser_log_sigma(scheme: torch.nn.Module) -> torch.Tensor | None:
+    """PnP's ``log σ`` (the denoiser's noise level), on the device; None for a scheme without one."""
+    return getattr(scheme.theta, "log_sigma", None)
+
 
 
 def resolve_device(name: str) -> torch.device:

@@ -44,14 +44,15 @@ def moving_average(y: Sequence[float], window: int = SMOOTH, at: Sequence[float]
     return out
 
 
-def _psnr_series(ax, x: Sequence[float], y: Sequence[float], label: str, color: str,
+def _psnr_series(ax, x: Sequence[float], y: Sequence[float], label: str, color: str, linestyle: str = "-",
                  steps: Sequence[float] | None = None) -> None:
     """Raw values as faint dots, their :data:`SMOOTH`-step moving average as a line (``steps``: the
     step of each value when ``x`` is not the step, e.g. seconds); integer ticks on a step axis."""
     from matplotlib.ticker import MaxNLocator
 
     ax.plot(x, y, ".", color=color, alpha=0.3, markersize=3)
-    ax.plot(x, moving_average(y, at=x if steps is None else steps), color=color, label=label, linewidth=1.5)
+    ax.plot(x, moving_average(y, at=x if steps is None else steps), color=color, linestyle=linestyle, label=label,
+            linewidth=1.5)
     if steps is None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -66,7 +67,7 @@ def plot_curves(
     """One line per labelled ``(x, y)`` series, written atomically as an image (suffix gives the format)."""
     fig, ax = _figure()
     for i, (label, (x, y)) in enumerate(curves.items()):
-        _psnr_series(ax, x, y, label, f"C{i}", None if xlabel == "step" else list(range(len(y))))
+        _psnr_series(ax, x, y, label, f"C{i}", steps=None if xlabel == "step" else list(range(len(y))))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -77,14 +78,41 @@ def plot_curves(
     _save(fig, path)
 
 
+WEIGHTS = "model.weights"
+WEIGHT_STYLES = {"bands": "-", "bands-channels": "--"}  # θ_B solid, θ_BC dashed (the paper's Fig. 1)
+OTHER_STYLES = ("-.", ":")
+
+
+def run_styles(runs: Mapping[str, Mapping[str, object]]) -> dict[str, tuple[str, str]]:
+    """Label → ``(colour, line style)`` of a grid's runs (label → config values by dotted key): one colour
+    per combination of the values that differ between runs (``train.K``, ``train.T``, …), in order of first
+    appearance; when ``model.weights`` differs, it sets the style instead (bands solid, bands-channels
+    dashed, any other dash-dotted, then dotted), else every line is solid."""
+    varied = {k for k in set().union(*runs.values()) if len({repr(v.get(k)) for v in runs.values()}) > 1}
+    colours: dict[tuple, str] = {}
+    others: dict[str, str] = {}
+    styles = {}
+    for label, values in runs.items():
+        combination = tuple(repr(values.get(k)) for k in sorted(varied - {WEIGHTS}))
+        colour = colours.setdefault(combination, f"C{len(colours) % 10}")
+        weights = str(values.get(WEIGHTS)) if WEIGHTS in varied else "bands"
+        style = WEIGHT_STYLES.get(weights) or others.setdefault(weights, OTHER_STYLES[len(others) % 2])
+        styles[label] = (colour, style)
+    return styles
+
+
 def plot_curve_panels(path: Path, runs: Mapping[str, Mapping[str, Sequence[float]]],
-                      ylabel: str = "train PSNR (dB)") -> None:
+                      ylabel: str = "train PSNR (dB)",
+                      styles: Mapping[str, tuple[str, str]] | None = None) -> None:
     """Runs (label → ``{"step", "seconds", "psnr"}`` series) as PSNR against steps (left) and against
-    wall-clock seconds (right), one line per run in both panels."""
+    wall-clock seconds (right), one line per run in both panels; ``styles``: label → ``(colour, line
+    style)`` (:func:`run_styles`), default one colour per run, solid."""
+    styles = styles or {label: (f"C{i % 10}", "-") for i, label in enumerate(runs)}
     fig, axes = _figure(2)
     for ax, x in zip(axes[0], ("step", "seconds")):
-        for i, (label, series) in enumerate(runs.items()):
-            _psnr_series(ax, series[x], series["psnr"], label, f"C{i}", None if x == "step" else series["step"])
+        for label, series in runs.items():
+            _psnr_series(ax, series[x], series["psnr"], label, *styles[label],
+                         steps=None if x == "step" else series["step"])
         ax.set_xlabel("step" if x == "step" else "wall-clock seconds")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -271,14 +271,27 @@ class RunDir:
             plot_curves(self.path / PLOT, {label: curves["train"]}, title=label)
 
 
+def config_values(folder: Path) -> dict[str, object]:
+    """A run folder's config values by dotted key (``train.K``, ``model.weights``…); {} if unreadable."""
+    from .yamlfiles import read_yaml
+
+    try:
+        data = read_yaml(folder / CONFIG)
+    except InputError:
+        return {}
+    sections = {s: data.get(s) for s in ("physics", "model", "train")} if isinstance(data, dict) else {}
+    return {f"{s}.{k}": v for s, values in sections.items() if isinstance(values, dict) for k, v in values.items()}
+
+
 def plot_runs(path: Path, runs: dict[str, Path]) -> None:
     """One figure of several run folders (label → folder): train PSNR against steps and against
-    wall-clock seconds, side by side."""
-    from .plots import plot_curve_panels
+    wall-clock seconds, side by side; a colour per combination of K, T (whatever differs), solid θ_B and
+    dashed θ_BC lines when the runs differ in ``model.weights`` (:func:`~.plots.run_styles`)."""
+    from .plots import plot_curve_panels, run_styles
 
     curves = {label: read_log(folder / LOG) for label, folder in runs.items()}
     plot_curve_panels(path, {
         label: {"step": [int(r["step"]) for r in rows], "seconds": [float(r["seconds"]) for r in rows],
                 "psnr": [float(r["psnr"]) for r in rows]}
         for label, rows in curves.items()
-    })
+    }, styles=run_styles({label: config_values(folder) for label, folder in runs.items()}))

@@ -27,7 +27,7 @@ from .core.schemes import NoValidStep
 from .data import ImageFolder, Images, derive_seed, open_images, training_batch
 from .distributed import SINGLE, Group
 from .memory_check import check_step_memory
-from .models import build_scheme, denoiser_sigma, physics_from, solve_options, trainable
+from .models import build_scheme, denoiser_log_sigma, physics_from, solve_options, trainable
 from .rundir import CHECKPOINT, LOG_FIELDS
 from .training_run import Run, TrainingDiverged, TrainResult, open_run, total_steps
 from .validation import Validation
@@ -54,16 +54,21 @@ class StepReport:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one :func:`train_step` computed: the (rank-averaged) loss and PSNR and the solve."""
+    """What one :func:`train_step` computed: the (rank-averaged) loss and PSNR, the step τ and PnP's σ after
+    the update, the solve and its last residual."""
 
     loss: float
     psnr: float
+    tau: float
+    sigma: float | None
+    residual: float
     solution: Solution
     check: dict
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.all(torch.isfinite(x))) for x in tensors if x is not None)
+def _all_finite(tensors) -> torch.Tensor:
+    """One flag on the device: every entry of every tensor is finite (read back once, by the caller)."""
+    return torch.stack([torch.isfinite(x).all() for x in tensors if x is not None]).all()
 
 
 def _psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -84,7 +89,9 @@ def train_step(
     before_update: Callable[[], dict] | None = None,
 ) -> StepOutcome:
     """One Adam step on ``L = mean((x(θ) − x̄)²)`` over this rank's images, gradient of ``mode``
-    averaged over the ranks; ``before_update`` runs between backpropagation and clipping."""
+    averaged over the ranks; ``before_update`` runs between backpropagation and clipping. Reads back two
+    small tensors: whether the loss and gradient are finite (before the update), then the scores, τ, σ,
+    the residual and whether θ is finite (after)."""
     scheme, optimizer = state.scheme, state.optimizer
     try:
         solution = solve(scheme, obs, options, mode)
@@ -95,17 +102,35 @@ def train_step(
     loss.backward()
     grads = [p.grad for p in state.params.values() if p.grad is not None]
     group.average(grads)
-    if not (math.isfinite(loss.item()) and _all_finite(grads)):
+    if not bool(_all_finite([loss.detach(), *grads])):
         raise TrainingDiverged("non-finite loss or gradient")
     check = before_update() if before_update else {}
     if clip_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(state.params.values(), clip_grad_norm)
     optimizer.step()
-    if not _all_finite(state.params.values()):
-        raise TrainingDiverged("non-finite θ")
     scores = torch.stack([loss.detach(), _psnr(solution.x.detach(), clean)]).to(torch.float64)
     group.average([scores])
-    return StepOutcome(float(scores[0]), float(scores[1]), solution, check)
+    return _outcome(state, obs, scores, solution, check)
+
+
+def _outcome(state: ckpt.TrainState, obs: Observation, scores: torch.Tensor, solution: Solution,
+             check: dict) -> StepOutcome:
+    """The step's numbers after the update, read back in one transfer; non-finite θ and a θ without a valid
+    step diverge."""
+    scheme = state.scheme
+    with torch.no_grad():
+        try:
+            tau = scheme.step_size(obs)
+        except NoValidStep:  # θ so extreme that no valid step exists
+            raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
+        log_sigma = denoiser_log_sigma(scheme)
+        sigma = torch.exp(log_sigma.detach()) if log_sigma is not None else torch.nan
+        values = [*scores, solution.last_residual, tau, sigma, _all_finite(state.params.values())]
+        values = torch.stack([torch.as_tensor(v).to(scores).reshape(()) for v in values])
+        loss, psnr, residual, tau, sigma, finite = values.tolist()
+    if not finite:
+        raise TrainingDiverged("non-finite θ")
+    return StepOutcome(loss, psnr, tau, None if log_sigma is None else sigma, residual, solution, check)
 
 
 def new_state(config: Config, device: torch.device | str, resume: ckpt.Checkpoint | None,
@@ -141,13 +166,8 @@ def _one_step(r: Run, images: ImageFolder, step: int, total: int, device, clock:
         (lambda: gradient_check(scheme, obs, batch, t.K)) if due else None,
     )
     r.psnr = outcome.psnr
-    try:
-        tau = float(scheme.step_size(shard).detach())
-    except NoValidStep:  # θ so extreme that no valid step exists
-        raise TrainingDiverged(TrainingDiverged.OUT_OF_RANGE) from None
-    s = outcome.solution
-    return StepReport(step + 1, total, outcome.loss, outcome.psnr, tau, time.perf_counter() - clock,
-                      denoiser_sigma(scheme), s.restarts, s.residual, **outcome.check)
+    return StepReport(step + 1, total, outcome.loss, outcome.psnr, outcome.tau, time.perf_counter() - clock,
+                      outcome.sigma, outcome.solution.restarts, outcome.residual, **outcome.check)
 
 
 def train(

@@ -20,9 +20,7 @@ KERNEL_SUM_TOL = 1e-3
 
 def _read_operator(path: Path, spec: UserOperator, invert_mask: bool = False) -> torch.Tensor:
     """A user's operator file: a mask (binary, :func:`~.images.read_mask`; ``invert_mask``: white = the
-    holes), an image, or an array (``.npy``; an image file in its place, e.g. a PSF saved by an editor, is
-    read as one: gray → ``(h, w)``, colour → ``(3, h, w)``, divided by its sums, whose scale an image
-    does not fix)."""
+    holes), an image, or an array (:func:`read_kernel`)."""
     flag = f"--{spec.flag}"
     if spec.flag == "mask":
         mask = read_mask(path, flag)
@@ -31,13 +29,19 @@ def _read_operator(path: Path, spec: UserOperator, invert_mask: bool = False) ->
         return 1 - mask if invert_mask else mask
     if spec.reads == "image":
         return read_image(path, flag)
+    return read_kernel(path, flag)
+
+
+def read_kernel(path: Path, what: str) -> torch.Tensor:
+    """A kernel file: a ``.npy`` array as stored, or an image (e.g. a PSF saved by an editor) read as one:
+    gray → ``(h, w)``, colour → ``(3, h, w)``, divided by its sums, whose scale an image does not fix."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image, stored = read_stored(path, flag)
-        return _normalized(image[0] if stored.gray else image)
-    return torch.from_numpy(read_array(path, flag))
+        image, stored = read_stored(path, what)
+        return normalized(image[0] if stored.gray else image)
+    return torch.from_numpy(read_array(path, what))
 
 
-def _normalized(kernel: torch.Tensor) -> torch.Tensor:
+def normalized(kernel: torch.Tensor) -> torch.Tensor:
     """``kernel`` divided by its sum (per channel for ``(C, h, w)``); a zero sum is left to be refused."""
     sums = kernel.sum(dim=(-2, -1) if kernel.dim() > 2 else tuple(range(kernel.dim())), keepdim=True)
     return kernel / torch.where(sums == 0, torch.ones_like(sums), sums)
@@ -79,7 +83,7 @@ def user_operator(model, shape: torch.Size, operators: dict[str, Path | None], n
     path = given[spec.flag]
     operator = _read_operator(path, spec, invert_mask)
     try:
-        params = physics.operator_params(_normalized(operator) if normalize_kernel else operator, shape)
+        params = physics.operator_params(normalized(operator) if normalize_kernel else operator, shape)
     except ValueError as e:
         raise InputError(f"--{spec.flag} {path}: {e}") from None
     if spec.flag == "kernel":

@@ -167,7 +167,8 @@ def test_retune_memory_does_not_grow_with_T(scheme, problem):
     # T = 1 also records u_0 = θ D y (one product per detail level and one for the approximation): no more.
     levels = scheme.transform.levels
     assert 0 <= retune[1][0] - retune[5][0] <= levels + 1
-    assert abs(retune[1][1] - retune[5][1]) <= 1024  # same saved-tensor bytes, up to u_0's scalar factors
+    weights = scheme.prepare(y).scale[1]  # θ spread over the flat details: u_0 = θ ⊙ D y saves it
+    assert abs(retune[1][1] - retune[5][1]) <= weights.numel() * weights.element_size() + 1024
     assert retune[1] == unrolled[1]
     assert unrolled[5][0] > unrolled[2][0] > unrolled[1][0]
     step_bytes = unrolled[2][1] - unrolled[1][1]
@@ -201,7 +202,7 @@ def test_restore_stops_at_tolerance_or_budget(scheme, problem):
     ctx = scheme.prepare(y)
     u = {n: fixed_point(lambda u: scheme.restart(u, ctx, 2), scheme.init(ctx), 0.0, n)[0]
          for n in (loose.restarts - 1, loose.restarts)}
-    assert loose.residual == pytest.approx(relative_residual(u[loose.restarts], u[loose.restarts - 1]), rel=1e-9)
+    assert loose.residual == pytest.approx(float(relative_residual(u[loose.restarts], u[loose.restarts - 1])), rel=1e-9)
     assert torch.allclose(loose.x, scheme.output(u[loose.restarts], ctx), rtol=0, atol=1e-14)
 
 

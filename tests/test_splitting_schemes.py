@@ -122,7 +122,7 @@ def test_drs_step_is_douglas_rachford():
     assert torch.allclose(scheme.step(z, ctx), z + prox_g - x, rtol=0, atol=1e-13)
     assert torch.allclose(scheme.output(z, ctx), x[..., :27, :37], rtol=0, atol=1e-15)
     # τ = 1/‖A‖² (μ = 0), no contraction factor known
-    assert ctx.tau == pytest.approx(1 / fft_norm(scheme.physics.kernel, (27, 37)) ** 2, rel=1e-12)
+    assert ctx.tau == pytest.approx(1 / float(fft_norm(scheme.physics.kernel, (27, 37))) ** 2, rel=1e-12)
     assert math.isnan(float(scheme.contraction(ctx)))
     assert float(scheme.step_size(obs)) == pytest.approx(ctx.tau)
 
@@ -160,7 +160,7 @@ def test_drs_and_fb_reach_the_same_minimizer_with_kernels_drawn_per_image():
     assert rel(b.x, a.x) <= 1e-6
     # τ = 1/‖A‖², ‖A‖ the largest over the batch's kernels
     ctx = drs.prepare(obs)
-    assert ctx.tau == pytest.approx(1 / fft_norm(obs.params["kernel"], (20, 22)) ** 2, rel=1e-12)
+    assert ctx.tau == pytest.approx(1 / float(fft_norm(obs.params["kernel"], (20, 22))) ** 2, rel=1e-12)
 
 
 def test_drs_and_fb_reach_the_same_minimizer_for_denoising():

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .common import (
     DEVICE_OPTION,
+    SEED_MAX,
     Accelerate,
     Threads,
     TrustCode,
@@ -32,7 +33,7 @@ def eval_(
     checkpoints: Annotated[list[Path], typer.Argument(help="One or more theta.safetensors files.")],
     data: Annotated[Path | None, typer.Option(help="Folder of clean images (default: the built-in samples).")] = None,
     T: Annotated[int | None, typer.Option("--T", help="Restarts (default: each checkpoint's T).")] = None,
-    seed: Annotated[int, typer.Option(help="Noise seed: same seed, same observations.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed: same seed, same observations.")] = 0,
     json_: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON (schema in the README).")
     ] = None,

@@ -142,16 +142,17 @@ def _check_outputs(checkpoint: Path, image: Path, output: Path | None, save_obse
     from ..images import check_image_outputs
     from ..restore_folder import folder_job
 
+    depth = 8 if bits is None else bits  # --bits 0 is checked (refused), not taken for the default
     inputs = (("the checkpoint", checkpoint), ("the image folder" if image.is_dir() else "the image", image),
               *((f"--{flag}", path) for flag, path in operators.items()), ("--reference", reference))
     if not image.is_dir():
         output = output or image.with_name(f"{image.stem}.restored.png")
-        check_image_outputs((("--output", output), ("--save-observation", save_observation)), bits or 8, inputs)
+        check_image_outputs((("--output", output), ("--save-observation", save_observation)), depth, inputs)
         return None
     if save_observation:
         raise InputError(f"--save-observation goes with one image; {image} is a folder")
     job = folder_job(image, output, force, reference=reference)
-    check_image_outputs((("-o", out) for _, out in job.pairs), bits or 8, inputs)
+    check_image_outputs((("-o", out) for _, out in job.pairs), depth, inputs)
     return job
 
 

@@ -11,25 +11,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-from .pytree import flatten, leaves, norm
+from .pytree import dot, flatten, leaves
 
 
-class FixedPointStats(NamedTuple):
-    """How a fixed-point iteration ended: maps applied and the last relative residual (inf if none)."""
+@dataclass(frozen=True)
+class FixedPointStats:
+    """How a fixed-point iteration ended: maps applied and the last relative residual (inf if none), kept
+    on the device until :attr:`residual` reads it."""
 
     iterations: int
-    residual: float
+    last: torch.Tensor | float
+
+    @property
+    def residual(self) -> float:
+        return float(self.last)
 
 
 @torch.no_grad()
-def relative_residual(new, old) -> float:
-    """``‖new − old‖ / ‖new‖`` over all leaves."""
+def relative_residual(new, old) -> torch.Tensor:
+    """``‖new − old‖ / ‖new‖`` over all leaves, a 0-dim float64 tensor on their device (not read back)."""
     new_leaves = leaves(new)
-    return norm([a - b for a, b in zip(new_leaves, leaves(old))]) / max(norm(new_leaves), 1e-300)
+    difference = [a - b for a, b in zip(new_leaves, leaves(old))]
+    squares = torch.stack([dot(difference, difference), dot(new_leaves, new_leaves)]).double()
+    return squares[0].sqrt() / squares[1].sqrt().clamp_min(1e-300)
 
 
 ACCELERATIONS = ("none", "anderson")
@@ -39,12 +47,15 @@ ACCELERATIONS = ("none", "anderson")
 def fixed_point(step: Callable, u0, tol: float, max_iter: int):
     """Iterate ``u ← step(u)`` from ``u0`` until the relative residual is ≤ ``tol`` or ``max_iter``
     maps were applied (``tol = 0``: exactly ``max_iter``); returns ``(u, FixedPointStats)``. Runs
-    without building a graph; ``u0`` is returned as it is when ``max_iter`` is 0."""
-    u, residual, done = u0, float("inf"), 0
+    without building a graph; ``u0`` is returned as it is when ``max_iter`` is 0. With ``tol > 0`` the
+    residual is read back once per map; with ``tol = 0`` never in the loop (the last one stays on the device)."""
+    u, previous, residual, done = u0, None, float("inf"), 0
     while done < max_iter and residual > tol:
-        new = step(u)
-        residual = relative_residual(new, u)
-        u, done = new, done + 1
+        previous, u, done = u, step(u), done + 1
+        if tol > 0:
+            residual = float(relative_residual(u, previous))
+    if tol <= 0 and previous is not None:
+        return u, FixedPointStats(done, relative_residual(u, previous))
     return u, FixedPointStats(done, residual)
 
 

@@ -61,8 +61,12 @@ class Solution:
 
     x: torch.Tensor
     restarts: int
-    residual: float
+    last_residual: torch.Tensor | float  # on the device until :attr:`residual` reads it
     adjoint_solves: list[AdjointSolve] = field(default_factory=list)
+
+    @property
+    def residual(self) -> float:
+        return float(self.last_residual)
 
     @property
     def adjoint(self) -> AdjointSolve | None:
@@ -202,4 +206,4 @@ def restore(scheme: Scheme, obs: Observation | torch.Tensor, K: int, max_restart
     ctx = scheme.prepare(as_observation(obs))
     u0 = scheme.init(ctx) if start is None else start
     u, stats = restarts(scheme, ctx, u0, K, tol, max_restarts, accelerate, on_restart)
-    return Solution(scheme.output(u, ctx), stats.iterations, stats.residual)
+    return Solution(scheme.output(u, ctx), stats.iterations, stats.last)

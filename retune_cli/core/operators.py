@@ -2,13 +2,14 @@
 
 * ``denoise``: ``A = I``;
 * ``inpaint``: ``A x = m ⊙ x``, a pixelwise mask shared by the channels (as deepinv ``Inpainting``),
-  keeping a fraction ``keep`` of the pixels, drawn per image from the observation seed (parameter
-  ``mask``, ``(N, 1, H, W)``), or given for a real image; missing pixels of an observation are 0;
+  drawn per image from the observation seed (parameter ``mask``, ``(N, 1, H, W)``): of a kind
+  (:mod:`.masks`: ``random`` keeps a fraction ``keep`` of the pixels; ``strokes``, ``text``, ``blocks``)
+  or cut from given masks; or given for a real image; missing pixels of an observation are 0;
 * ``deblur``: channel-wise uniform blur of width ``w`` — red averaged horizontally, green vertically,
   blue along the main diagonal (the paper's §4.2) — with circular boundaries (deepinv ``BlurFFT``,
   built once per image size and kernel), so that ``A`` and ``Aᵀ`` are exact adjoints, or (``boundary``
   ``reflect``, ``replicate``) ``A = C K P`` on the padded image (:mod:`.boundary`); a measured kernel is
-  the parameter ``kernel`` ``(1, 3, h, w)``.
+  the parameter ``kernel`` ``(1, 3, h, w)``; a stack of given kernels is drawn from per image.
 
 A new physics is one subclass of :class:`~.physics.Physics` decorated with :func:`register_physics`.
 """
@@ -21,10 +22,11 @@ import torch
 
 from . import custom, resolution  # noqa: F401  (register the super-resolution and user-code physics)
 from .boundary import BOUNDARIES, PaddedBlur
+from .kernels import KERNELS, as_kernel, channel_blur_kernel, draw_kernels, fft_norm, kernel_stack, pick_kernels
+from .masks import MASK_KINDS, cut_masks, draw_masks
 from .physics import PHYSICS, NormBounds, Params, Physics, UserOperator, register_physics
 
 MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
-KERNEL_STREAM = 0x2545F491  # and the blur kernels'
 
 
 def build_physics(name: str, sigma: Sequence[float], **options) -> Physics:
@@ -59,24 +61,34 @@ class Denoise(Physics):
 
 @register_physics
 class RandomInpainting(Physics):
-    """``A x = m ⊙ x`` with a pixelwise binary mask ``m`` ``(N or 1, 1, H, W)``, the parameter ``mask``."""
+    """``A x = m ⊙ x`` with a pixelwise binary mask ``m`` ``(N or 1, 1, H, W)``, the parameter ``mask``.
+
+    ``mask``: the kind drawn per image (:data:`~.masks.MASK_KINDS`; ``random`` keeps a fraction ``keep``);
+    ``masks``: given masks ``(1, H', W')`` (1 = kept) to cut the images' from instead.
+    """
 
     name = "inpaint"
-    options = ("keep",)
+    options = ("keep", "mask", "masks")
     user_operator = UserOperator("mask", "image", "white = known pixels")
     needs_user_operator = True
 
-    def __init__(self, sigma: Sequence[float], keep: float = 0.1):
+    def __init__(self, sigma: Sequence[float], keep: float = 0.1, mask: str = "random",
+                 masks: Sequence[torch.Tensor] | None = None):
         super().__init__(sigma)
         if not 0 < keep <= 1:
             raise ValueError("the fraction of kept pixels must be in (0, 1]")
-        self.keep = keep
+        if mask not in MASK_KINDS:
+            raise ValueError(f"the mask must be one of {', '.join(MASK_KINDS)}, not {mask!r}")
+        if masks is not None and mask != "random":
+            raise ValueError(f"masks are given (a folder) and drawn ({mask}): choose one")
+        self.keep, self.mask, self.masks = keep, mask, masks
 
     def draw(self, shape: torch.Size, seed: int) -> Params:
-        """Each pixel of each image kept with probability ``keep``."""
-        n, _, h, w = shape
-        generator = torch.Generator().manual_seed(seed ^ MASK_STREAM)
-        return {"mask": (torch.rand((n, 1, h, w), generator=generator) < self.keep).to(torch.float32)}
+        """One mask per image: of kind ``mask`` (:func:`~.masks.draw_masks`) or cut from ``masks``."""
+        seed ^= MASK_STREAM
+        if self.masks is not None:
+            return {"mask": cut_masks(self.masks, shape, seed)}
+        return {"mask": draw_masks(self.mask, shape, seed, self.keep)}
 
     @staticmethod
     def _mask(x: torch.Tensor, params: Params | None) -> torch.Tensor:
@@ -116,64 +128,14 @@ class RandomInpainting(Physics):
         return {"mask": (operator[..., :1, :, :].reshape(1, 1, *shape[-2:]) > 0.5).to(torch.float32)}
 
 
-def channel_blur_kernel(width: int, channels: int = 3) -> torch.Tensor:
-    """``(1, 3, w, w)`` uniform kernels of width ``w``: R horizontal, G vertical, B diagonal."""
-    if width < 1 or channels != 3:
-        raise ValueError("the channel-wise blur needs a positive width and 3 channels")
-    kernel = torch.zeros(1, 3, width, width)
-    centre = width // 2
-    kernel[0, 0, centre, :] = 1.0 / width
-    kernel[0, 1, :, centre] = 1.0 / width
-    kernel[0, 2] = torch.eye(width) / width
-    return kernel
-
-
-def as_kernel(kernel: torch.Tensor) -> torch.Tensor:
-    """``(h, w)`` (shared), ``(C, h, w)`` or ``(1, C, h, w)`` → ``(1, 3, h, w)`` float32; ValueError saying
-    what was found for another shape, an empty, non-finite or all-zero kernel (``A = 0``)."""
-    kernel = torch.as_tensor(kernel, dtype=torch.float32)
-    found = tuple(kernel.shape)
-    while kernel.dim() < 4:
-        kernel = kernel.unsqueeze(0)
-    if kernel.dim() != 4 or kernel.shape[:2] not in ((1, 1), (1, 3)):
-        raise ValueError(f"a blur kernel is an (h, w), (3, h, w) or (1, 3, h, w) array, not {found}")
-    if kernel.numel() == 0:
-        raise ValueError(f"the kernel is empty (shape {found})")
-    if not torch.all(torch.isfinite(kernel)):
-        raise ValueError(f"the kernel has {int((~torch.isfinite(kernel)).sum())} non-finite values (NaN or ±inf)")
-    if not torch.any(kernel != 0):
-        raise ValueError("the kernel is all zero")
-    return kernel.expand(1, 3, *kernel.shape[-2:]).contiguous()
-
-
-KERNELS = ("uniform-channel", "gaussian", "motion")
-
-
-def draw_kernels(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
-    """``(n, 1, size, size)`` kernels from deepinv's generators: Gaussian (random σ and orientation) or
-    motion (random camera shake), seeded."""
-    from deepinv.physics.generator import GaussianBlurGenerator, MotionBlurGenerator
-
-    cls = GaussianBlurGenerator if kind == "gaussian" else MotionBlurGenerator
-    generator = cls((size, size), rng=torch.Generator().manual_seed(seed ^ KERNEL_STREAM))
-    return generator.step(n, seed=seed ^ KERNEL_STREAM)["filter"].to(torch.float32)
-
-
-def fft_norm(kernel: torch.Tensor, size: tuple[int, int]) -> float:
-    """``‖A‖₂`` of circular convolutions by ``kernel`` ``(N, C, h, w)`` on ``size`` images: the largest
-    modulus of the kernels' DFTs (A is diagonal in Fourier, block-diagonal over images and channels)."""
-    h, w = kernel.shape[-2:]
-    padded = torch.nn.functional.pad(kernel.detach().double(), (0, size[1] - w, 0, size[0] - h))
-    return float(torch.fft.fft2(padded).abs().max())
-
-
 @register_physics
 class ChannelBlur(Physics):
     """Convolution with one kernel per channel (or per image): circular via deepinv ``BlurFFT``, or
     ``A = C K P`` (:class:`~.boundary.PaddedBlur`) for a ``reflect`` or ``replicate`` boundary.
 
     ``kernel``: ``uniform-channel`` (the paper's, width ``blur_width``, fixed), ``gaussian`` or ``motion``
-    (``kernel_size``², drawn per image from the observation seed), or a tensor. The parameter
+    (``kernel_size``², drawn per image from the observation seed), or a tensor: one kernel, fixed, or a
+    stack ``(N, C, h, w)`` (:func:`~.kernels.kernel_stack`) drawn from per image. The parameter
     ``kernel`` (drawn, or a user's) replaces the configured one. ``boundary``: how the image extends
     beyond its edges, one of :data:`~.boundary.BOUNDARIES`.
     """
@@ -193,12 +155,16 @@ class ChannelBlur(Physics):
         self.kind = kernel if isinstance(kernel, str) else "given"
         if isinstance(kernel, str):
             kernel = channel_blur_kernel(blur_width) if kernel == "uniform-channel" else None
-        self.kernel = None if kernel is None else as_kernel(kernel)
-        self.size = (kernel_size, kernel_size) if self.kernel is None else tuple(self.kernel.shape[-2:])
+        kernels = None if kernel is None else kernel_stack(kernel)
+        self.stack = kernels if kernels is not None and len(kernels) > 1 else None  # one drawn per image
+        self.kernel = None if self.stack is not None else kernels
+        self.size = (kernel_size, kernel_size) if kernels is None else tuple(kernels.shape[-2:])
         self._operators: dict[tuple, object] = {}
 
     def draw(self, shape: torch.Size, seed: int) -> Params:
-        """One kernel per image for ``gaussian`` and ``motion``; none for a fixed kernel."""
+        """One kernel per image for ``gaussian``, ``motion`` and a stack; none for a fixed kernel."""
+        if self.stack is not None:
+            return {"kernel": pick_kernels(self.stack, shape[0], seed)}
         if self.kernel is not None:
             return {}
         return {"kernel": draw_kernels(self.kind, shape[0], self.size[0], seed)}
@@ -250,7 +216,7 @@ class ChannelBlur(Physics):
         certified upper bound, within 2 % when 30 iterations reach it (:meth:`~.boundary.PaddedBlur.norm_bound`);
         ``σ_min = 0``."""
         if self.boundary == "circular":
-            return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]), 0.0)
+            return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]).to(like.dtype), 0.0)
         return NormBounds(self._op(like, params).norm_bound(like.shape[-3]), 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):

@@ -48,9 +48,10 @@ def as_observation(y: torch.Tensor | Observation) -> Observation:
 
 
 class NormBounds(NamedTuple):
-    """``‖A‖₂`` and a lower bound on ``σ_min(A)`` (0 when A is not injective)."""
+    """``‖A‖₂`` (a float, or a 0-dim tensor left on the device) and a lower bound on ``σ_min(A)`` (0 when A is not
+    injective; a float: whether it is positive decides the step rule on the host)."""
 
-    norm: float
+    norm: float | torch.Tensor
     sigma_min: float
 
 

@@ -22,30 +22,33 @@ from typing import NamedTuple
 
 import torch
 
+from .flat_coefficients import FlatCoefficients, Layout
 from .physics import Observation, Params, Physics, as_observation
 from .prior import Prior
 from .priors import WaveletWeights, group_soft_threshold
 from .scheme import PaddedScheme, register_scheme
-from .wavelets import Coefficients, WaveletTransform
+from .wavelets import WaveletTransform
 
 
 class NoValidStep(ValueError):
     """θ so extreme (a weight 0 or infinite) that the step rule has no valid step."""
 
 
-def optimal_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
-    """``τ* = 2/(μ + L)``: the smallest ω, needs μ > 0."""
-    if not strong_convexity > 0:
+def optimal_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor,
+                 injective: bool | None = None) -> torch.Tensor:
+    """``τ* = 2/(μ + L)``: the smallest ω, needs μ > 0. ``injective``: whether μ > 0 is known on the host
+    (σ_min(A) > 0 with a finite θ), so that μ is not read back from the device; None reads it."""
+    if not (strong_convexity > 0 if injective is None else injective):
         raise NoValidStep("the optimal step needs μ > 0 (A injective); use step_rule=safe")
     return 2 / (strong_convexity + lipschitz)
 
 
-def safe_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor) -> torch.Tensor:
+def safe_step(lipschitz: torch.Tensor, strong_convexity: torch.Tensor, injective: bool | None = None) -> torch.Tensor:
     """``τ = 1.95/L``: convergent for any μ ≥ 0."""
     return 1.95 / lipschitz
 
 
-STEP_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+STEP_RULES: dict[str, Callable[..., torch.Tensor]] = {  # (L, μ, injective: bool | None) → τ
     "optimal": optimal_step,
     "safe": safe_step,
 }
@@ -68,17 +71,20 @@ class StepParameters(NamedTuple):
 
 @dataclass
 class WaveletContext:
-    """θ-dependent quantities shared by every step of one solve."""
+    """θ-dependent quantities shared by every step of one solve, on the flat layout of the iterate
+    (:mod:`.flat_coefficients`): each pair is ``(approximation band, details)``."""
 
-    b: Coefficients  # D Aᵀ y
-    theta: list[torch.Tensor]  # θ per detail level
-    approx_scale: torch.Tensor  # θ on the approximation band
+    layout: Layout
+    b: FlatCoefficients  # D Aᵀ y
+    scale: tuple[torch.Tensor, torch.Tensor]  # θ: max θ on the approximation band (detached), θ on the details
+    inverse: tuple[torch.Tensor, torch.Tensor]  # θ⁻¹
+    steps: tuple[torch.Tensor, torch.Tensor]  # τ θ⁻¹
     tau: torch.Tensor
     lipschitz: torch.Tensor
     strong_convexity: torch.Tensor
     size: tuple[int, int]  # (H, W) of the image before padding
     params: Params  # the operator's parameters
-    affine: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # A = I: the step is a ⊙ u + c
+    affine: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None  # A = I: the step is a ⊙ u + c
 
 
 @register_scheme("fb", prior="wavelet")
@@ -109,7 +115,7 @@ class WaveletFB(PaddedScheme):
         bounds = self.physics.norm_bounds(obs.y, obs.params)
         lipschitz = bounds.norm**2 / lo**2
         strong_convexity = bounds.sigma_min**2 / hi**2
-        tau = STEP_RULES[self.step_rule](lipschitz, strong_convexity)
+        tau = STEP_RULES[self.step_rule](lipschitz, strong_convexity, bool(bounds.sigma_min > 0))
         return StepParameters(theta, hi, tau, lipschitz, strong_convexity)
 
     def step_size(self, obs: Observation) -> torch.Tensor:
@@ -117,53 +123,54 @@ class WaveletFB(PaddedScheme):
 
     def prepare(self, obs: Observation) -> WaveletContext:
         obs = as_observation(obs)
-        b = self.transform.analysis(self.adjoint(obs.y, obs.params))
+        coeffs = self.transform.analysis(self.adjoint(obs.y, obs.params))
+        layout = Layout.of(coeffs)
+        b = layout.pack(coeffs)
         s = self.step_parameters(obs)
-        approx_scale = s.top.detach()  # a constant of the parametrization: see the module docstring
+        scale = (s.top.detach(), layout.spread(s.theta))  # max θ: a constant of the parametrization (module doc)
+        inverse = tuple(1 / c for c in scale)
+        steps = tuple(s.tau * i for i in inverse)
         affine = None
-        if self.physics.identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τ/θ²) ⊙ u + (τ/θ) ⊙ b, precomputed once
-            scales = [approx_scale, *s.theta]
-            bands = [b.approx, *b.details]
-            affine = ([1 - s.tau / c**2 for c in scales], [(s.tau / c) * band for c, band in zip(scales, bands)])
+        if self.physics.identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τθ⁻²) ⊙ u + τθ⁻¹ ⊙ b, precomputed once
+            affine = (tuple(1 - t * i for t, i in zip(steps, inverse)), (steps[0] * b.approx, steps[1] * b.details))
         size = self.physics.image_size(obs.y)
-        return WaveletContext(b, s.theta, approx_scale, s.tau, s.lipschitz, s.strong_convexity, size, obs.params,
-                              affine)
+        return WaveletContext(layout, b, scale, inverse, steps, s.tau, s.lipschitz, s.strong_convexity, size,
+                              obs.params, affine)
 
-    def init(self, ctx: WaveletContext) -> Coefficients:
-        return Coefficients(ctx.approx_scale * ctx.b.approx, tuple(t * d for t, d in zip(ctx.theta, ctx.b.details)))
+    def init(self, ctx: WaveletContext) -> FlatCoefficients:
+        """``u₀ = θ D Aᵀ y``."""
+        return FlatCoefficients(ctx.scale[0] * ctx.b.approx, ctx.scale[1] * ctx.b.details)
 
     @staticmethod
-    def _unweight(u: Coefficients, ctx: WaveletContext) -> Coefficients:
-        """``θ⁻¹ u``: back from weighted coefficients to wavelet coefficients ``w = D x``."""
-        return Coefficients(u.approx / ctx.approx_scale, tuple(d / t for t, d in zip(ctx.theta, u.details)))
+    def _image(u: FlatCoefficients, ctx: WaveletContext, transform: WaveletTransform) -> torch.Tensor:
+        """``Dᵀ θ⁻¹ u``: back from weighted coefficients to wavelet coefficients ``w = D x``, then to the image."""
+        w = FlatCoefficients(u.approx * ctx.inverse[0], u.details * ctx.inverse[1])
+        return transform.synthesis(ctx.layout.levels(w))
 
-    def _gradient_step(self, u: Coefficients, ctx: WaveletContext) -> list[torch.Tensor]:
-        """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, band by band (approximation first), one ``addcmul`` per
-        band; with autograd off, ``− D Aᵀ y`` is subtracted in place from the fresh analysis. The bands
-        returned have storages of their own (not views of the analysis' four-band buffers)."""
-        bands = [u.approx, *u.details]
+    def _gradient_step(self, u: FlatCoefficients, ctx: WaveletContext) -> FlatCoefficients:
+        """``u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y)``, one ``addcmul`` for the approximation and one for all the
+        details; with autograd off, ``− D Aᵀ y`` is subtracted in place from the fresh analysis, whose flat
+        details have a storage of their own (the concatenation's)."""
         if ctx.affine is not None:
-            return [torch.addcmul(c, a, v) for a, c, v in zip(*ctx.affine, bands)]
-        x = self.normal(self.transform.synthesis(self._unweight(u, ctx)), ctx.size, ctx.params)
-        r = self.transform.analysis(x)
-        steps = [ctx.tau / s for s in (ctx.approx_scale, *ctx.theta)]
-        pairs = zip(bands, steps, [r.approx, *r.details], [ctx.b.approx, *ctx.b.details])
+            return FlatCoefficients(*(torch.addcmul(c, a, v) for a, c, v in zip(*ctx.affine, (u.approx, u.details))))
+        x = self.normal(self._image(u, ctx, self.transform), ctx.size, ctx.params)
+        r = ctx.layout.pack(self.transform.analysis(x))
+        pairs = zip((u.approx, u.details), ctx.steps, (r.approx, r.details), (ctx.b.approx, ctx.b.details))
         if torch.is_grad_enabled():
-            return [torch.addcmul(v, rv - bv, step, value=-1) for v, step, rv, bv in pairs]
-        return [torch.addcmul(v, rv.sub_(bv), step, value=-1) for v, step, rv, bv in pairs]
+            return FlatCoefficients(*(torch.addcmul(v, rv - bv, step, value=-1) for v, step, rv, bv in pairs))
+        return FlatCoefficients(*(torch.addcmul(v, rv.sub_(bv), step, value=-1) for v, step, rv, bv in pairs))
 
-    def step(self, u: Coefficients, ctx: WaveletContext) -> Coefficients:
+    def step(self, u: FlatCoefficients, ctx: WaveletContext) -> FlatCoefficients:
         """``prox_{τ‖·‖_{1,2}}(u − τ θ⁻¹ (D Aᵀ A Dᵀ θ⁻¹ u − D Aᵀ y))``; identity prox on the approximation.
-        With autograd off the prox overwrites the gradient step's fresh bands."""
-        approx, *details = self._gradient_step(u, ctx)
-        dims, inplace = self.theta.group_dims, not torch.is_grad_enabled()
-        return Coefficients(approx, tuple(group_soft_threshold(z, ctx.tau, dims, inplace) for z in details))
+        With autograd off the prox overwrites the gradient step's fresh details."""
+        z = self._gradient_step(u, ctx)
+        details = group_soft_threshold(z.details, ctx.tau, self.theta.group_dims, not torch.is_grad_enabled())
+        return FlatCoefficients(z.approx, details)
 
-    def output(self, u: Coefficients, ctx: WaveletContext) -> torch.Tensor:
+    def output(self, u: FlatCoefficients, ctx: WaveletContext) -> torch.Tensor:
         """``x = Dᵀ θ⁻¹ u``, cropped back to the image's size."""
-        x = self.transform.synthesis(self._unweight(u, ctx))
         h, w = ctx.size
-        return x[..., :h, :w]
+        return self._image(u, ctx, self.transform)[..., :h, :w]
 
     def contraction(self, ctx: WaveletContext) -> torch.Tensor:
         """``ω(τ)``, so that ``Φ_K`` is ``ω^K``-Lipschitz."""

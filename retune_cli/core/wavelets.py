@@ -37,18 +37,35 @@ class Coefficients:
 register_pytree(Coefficients, lambda c: [c.approx, *c.details], lambda ts: Coefficients(ts[0], tuple(ts[1:])))
 
 
-def _periodic_index(n: int, left: int, right: int, device: torch.device) -> torch.Tensor:
-    """Indices ``(i mod n)`` for ``i`` in ``[-left, n + right)``: periodic extension, any wrap count."""
-    return torch.arange(-left, n + right, device=device) % n
+_GATHER: dict[tuple, torch.Tensor] = {}  # (h, w, left, right, device) → flat indices of the periodic extension
+
+
+def _periodic_gather(h: int, w: int, left: int, right: int, device: torch.device) -> torch.Tensor:
+    """Flat indices ``((i mod h) w + (j mod w))`` for ``i ∈ [−left, h + right)``, ``j ∈ [−left, w + right)``, cached."""
+    key = (h, w, left, right, device)
+    if key not in _GATHER:
+        rows = torch.arange(-left, h + right, device=device) % h
+        columns = torch.arange(-left, w + right, device=device) % w
+        _GATHER[key] = (rows[:, None] * w + columns[None, :]).flatten()
+    return _GATHER[key]
+
+
+def few_launches(t: torch.Tensor) -> bool:
+    """Whether ``t``'s device launches a kernel per operation (CUDA, …): there the transform takes the paths
+    with the fewest operations (one gather per periodization, the dense synthesis at every level); on the CPU,
+    where a circular pad's dozen slices cost less than one gather, the fastest ones."""
+    return t.device.type != "cpu"
 
 
 def _periodize(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
-    """Periodic extension of the last two dimensions by ``left``/``right`` samples (any wrap count)."""
+    """Periodic extension of the last two dimensions by ``left``/``right`` samples (any wrap count): a circular
+    pad on the CPU, else one gather of the flattened image (one operation, not ~15)."""
     h, w = x.shape[-2:]
-    if max(left, right) <= min(h, w):
+    if not few_launches(x) and max(left, right) <= min(h, w):
         return F.pad(x, (left, right, left, right), mode="circular")
-    x = x.index_select(-2, _periodic_index(h, left, right, x.device))
-    return x.index_select(-1, _periodic_index(w, left, right, x.device))
+    index = _periodic_gather(h, w, left, right, x.device)
+    out = x.reshape(*x.shape[:-2], h * w).index_select(-1, index)
+    return out.view(*x.shape[:-2], h + left + right, w + left + right)
 
 
 def _wrap(buffer: torch.Tensor, left: int, right: int) -> None:
@@ -152,8 +169,8 @@ class WaveletTransform:
         return rows, columns, dense
 
     def _analysis_level(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (M, H, W)`` → ``(M, 4, H/2, W/2)``: approximation then details (H, V, D)."""
-        xp = _periodize(x.unsqueeze(1), self._left, self._right)
+        """``x (M, 1, H, W)`` → ``(M, 4, H/2, W/2)``: approximation then details (H, V, D)."""
+        xp = _periodize(x, self._left, self._right)
         return F.conv2d(xp, self._filters(x.device, x.dtype)[0], stride=2)
 
     def analysis(self, x: torch.Tensor) -> Coefficients:
@@ -170,11 +187,11 @@ class WaveletTransform:
 
     def _analysis(self, x: torch.Tensor) -> Coefficients:
         n, c, h, w = x.shape
-        approx = x.reshape(n * c, h, w)
+        approx = x.reshape(n * c, 1, h, w)
         details = []
         for _ in range(self.levels):
             bands = self._analysis_level(approx)
-            approx = bands[:, 0]
+            approx = bands[:, :1]
             details.append(bands[:, 1:].reshape(n, c, 3, *bands.shape[-2:]))
         return Coefficients(approx.reshape(n, c, *approx.shape[-2:]), tuple(reversed(details)))
 
@@ -190,28 +207,28 @@ class WaveletTransform:
         left, right = -first, self.filter_length // 2 - 1 + first + span
         rows, columns, dense = self._filters(coeffs.approx.device, coeffs.approx.dtype)[1:]
         n, c, h, w = coeffs.approx.shape
-        x, buffer = coeffs.approx.reshape(n * c, h, w), None
+        x, buffer = coeffs.approx.reshape(n * c, 1, h, w), None
         for level, d in enumerate(coeffs.details, 1):
             d = d.reshape(n * c, 3, h, w)
-            if n * c * h * w < SMALL_BANDS:
-                bands = _periodize(torch.cat((x.unsqueeze(1), d), dim=1), left, right)
-                x = F.pixel_shuffle(F.conv2d(bands, dense), 2)[:, 0]
+            if n * c * h * w < SMALL_BANDS or few_launches(x):
+                bands = _periodize(torch.cat((x, d), dim=1), left, right)
+                x = F.pixel_shuffle(F.conv2d(bands, dense), 2)
             else:
                 if buffer is None:  # the first large level (the next ones are larger)
                     buffer = _bands_buffer(x, n * c, h + left + right, w + left + right)
-                    buffer[:, 0, left : left + h, left : left + w] = x
+                    buffer[:, :1, left : left + h, left : left + w] = x
                 buffer[:, 1:, left : left + h, left : left + w] = d
                 _wrap(buffer, left, right)
                 phases = F.conv2d(F.conv2d(buffer, rows), columns)
                 if level == len(coeffs.details):
-                    x = phases.new_empty(n * c, 2 * h, 2 * w)
+                    x = phases.new_empty(n * c, 1, 2 * h, 2 * w)
                 else:
                     buffer = _bands_buffer(x, n * c, 2 * h + left + right, 2 * w + left + right)
-                    x = buffer[:, 0, left : left + 2 * h, left : left + 2 * w]
+                    x = buffer[:, :1, left : left + 2 * h, left : left + 2 * w]
                 interleaved = x.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))
                 for p, q in itertools.product((0, 1), repeat=2):
-                    i, j = self._starts[p] - first, self._starts[q] - first
-                    interleaved[:, :, p, :, q] = phases[:, 2 * p + q, i : i + h, j : j + w]
+                    i, j, k = self._starts[p] - first, self._starts[q] - first, 2 * p + q
+                    interleaved[..., p, :, q] = phases[:, k : k + 1, i : i + h, j : j + w]
             h, w = 2 * h, 2 * w
         return x.reshape(n, c, h, w)
 

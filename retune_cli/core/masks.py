@@ -1,0 +1,121 @@
+"""Inpainting masks ``(N, 1, H, W)``, 1 = kept pixel, 0 = missing, drawn per image from a seed.
+
+* ``random``: each pixel kept with probability ``keep``, independently;
+* ``strokes``: thick random polylines (scratches, brush strokes);
+* ``text``: lines of random characters in Pillow's default font (captions, watermarks);
+* ``blocks``: random rectangles.
+
+The last three erase a fraction ``t ~ U(MISSING)`` of each image's pixels: shapes are added until ``t``
+is reached, a shape that would erase more than ``MISSING[1]`` is drawn again (:data:`TRIES` shapes at
+most). Masks given as tensors (a user's) are cut instead: one drawn per image, a window at a random
+offset (of the mask scaled up, for an image larger than it).
+Every draw uses a CPU generator seeded explicitly, so a seed gives the same masks everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import string
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+MASK_KINDS = ("random", "strokes", "text", "blocks")
+MISSING = (0.05, 0.25)  # the fraction of the pixels that strokes, text and blocks erase
+TRIES = 200
+CHARACTERS = string.ascii_letters + string.digits + "   "
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _integer(generator: torch.Generator, low: int, high: int) -> int:
+    """An integer in ``[low, high]``."""
+    return int(torch.randint(low, max(low, high) + 1, (), generator=generator))
+
+
+def _stroke(draw, h: int, w: int, generator: torch.Generator) -> None:
+    """A polyline of 1–4 segments of length ``s/10``–``s/3`` and width ``s/40``–``s/12`` (``s = min(H, W)``)."""
+    s = min(h, w)
+    width = _integer(generator, max(1, s // 40), max(2, s // 12))
+    points = [(_uniform(generator, 0, w), _uniform(generator, 0, h))]
+    for _ in range(_integer(generator, 1, 4)):
+        angle, length = _uniform(generator, 0, 2 * math.pi), _uniform(generator, s / 10, s / 3)
+        points.append((points[-1][0] + length * math.cos(angle), points[-1][1] + length * math.sin(angle)))
+    draw.line(points, fill=255, width=width, joint="curve")
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size)
+
+
+def _text(draw, h: int, w: int, generator: torch.Generator) -> None:
+    """A line of 3–16 random characters, ``s/16``–``s/6`` pixels high, anywhere (it may leave the image)."""
+    s = min(h, w)
+    size = _integer(generator, max(6, s // 16), max(8, s // 6))
+    text = "".join(CHARACTERS[_integer(generator, 0, len(CHARACTERS) - 1)] for _ in range(_integer(generator, 3, 16)))
+    draw.text((_uniform(generator, -size, w), _uniform(generator, -size / 2, h)), text, fill=255, font=_font(size))
+
+
+def _block(draw, h: int, w: int, generator: torch.Generator) -> None:
+    """A rectangle of sides ``H/16``–``H/5`` by ``W/16``–``W/5``, inside the image."""
+    bh, bw = _integer(generator, max(1, h // 16), max(1, h // 5)), _integer(generator, max(1, w // 16), max(1, w // 5))
+    y, x = _integer(generator, 0, h - bh), _integer(generator, 0, w - bw)
+    draw.rectangle((x, y, x + bw - 1, y + bh - 1), fill=255)
+
+
+SHAPES: dict[str, Callable] = {"strokes": _stroke, "text": _text, "blocks": _block}
+
+
+def _holes(shape: Callable, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """``(1, H, W)``: 0 on ``shape``'s drawings, added until a fraction ``t ~ U(MISSING)`` is erased."""
+    from PIL import Image, ImageDraw
+
+    target, holes = _uniform(generator, *MISSING), np.zeros((h, w), dtype=bool)
+    for _ in range(TRIES):
+        layer = Image.new("L", (w, h))
+        shape(ImageDraw.Draw(layer), h, w, generator)
+        candidate = holes | (np.asarray(layer) > 0)
+        if candidate.mean() <= MISSING[1]:
+            holes = candidate
+        if holes.mean() >= target:
+            break
+    return torch.from_numpy(~holes).to(torch.float32)[None]
+
+
+def draw_masks(kind: str, shape: Sequence[int], seed: int, keep: float) -> torch.Tensor:
+    """``(N, 1, H, W)`` float32 0/1 masks of ``kind`` (one of :data:`MASK_KINDS`) for images of ``shape``."""
+    n, _, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return (torch.rand((n, 1, h, w), generator=generator) < keep).to(torch.float32)
+    return torch.stack([_holes(SHAPES[kind], h, w, generator) for _ in range(n)])
+
+
+def _covering(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``mask`` ``(1, H', W')``, scaled up (nearest neighbour, its aspect kept) until it covers ``H × W``."""
+    scale = max(h / mask.shape[-2], w / mask.shape[-1])
+    if scale <= 1:
+        return mask
+    size = (max(h, math.ceil(mask.shape[-2] * scale)), max(w, math.ceil(mask.shape[-1] * scale)))
+    return torch.nn.functional.interpolate(mask[None].to(torch.float32), size=size, mode="nearest")[0]
+
+
+def cut_masks(masks: Sequence[torch.Tensor], shape: Sequence[int], seed: int) -> torch.Tensor:
+    """``(N, 1, H, W)`` float32: for each image, one of the given masks ``(1, H', W')`` drawn at random (scaled
+    up if smaller than ``H × W``: an evaluation image larger than the training crop), and an ``H × W`` window
+    of it at a random offset."""
+    n, _, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    cuts = []
+    for _ in range(n):
+        mask = _covering(masks[_integer(generator, 0, len(masks) - 1)], h, w)
+        y, x = _integer(generator, 0, mask.shape[-2] - h), _integer(generator, 0, mask.shape[-1] - w)
+        cuts.append(mask[..., y:y + h, x:x + w].to(torch.float32))
+    return torch.stack(cuts)
