@@ -8,9 +8,11 @@ tree (loaded by path, so the same counter measures both).
 * ops: one elementary step ``scheme.step(u, ctx)`` of the wavelet presets (inpainting, deblurring, denoising θ_BC)
   on 2×3×64² (the issue's measurement) and 4×3×256², graph-free and recorded: aten operations dispatched (compute
   and views apart: a view launches no kernel) and torch.profiler's aten events (nested calls included); this
-  tree on the CPU's paths and on a GPU's (``wavelets.few_launches`` forced: gather periodization, dense synthesis);
+  tree with the CPU's policy and with a GPU's (``core.launch.launch_bound`` forced: gather periodization, dense
+  synthesis, no residual read in fixed-T restarts);
 * reads: values read back by the host in one ReTune training step (``train.train_step``), T = 1, 10, 30
-  (crop 32, batch 2); Adam's step counters are excluded (on CUDA they stay on the host);
+  (crop 32, batch 2), both policies (on the CPU a read waits for nothing: restarts stop at an exact fixed
+  point); Adam's step counters are excluded (on CUDA they stay on the host);
 * numerics (float64, crop 32, batch 2): the solution of (K, T) = (5, 4) and the gradient of each mode (retune,
   unrolled, jfb, deq), max |this − before|;
 * time: one ReTune (10, 10) training step, 4×3×256², one torch thread, and with the default count: each round
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 BEFORE = "9b8fa8a"  # the last commit before issue 22's flat coefficients, gather periodization and batched reads
@@ -48,7 +51,9 @@ def _counters():
     return module
 
 
-def _setup(preset: str, shape: tuple[int, ...], double: bool = False, overrides: dict | None = None):
+def setup(preset: str, shape: tuple[int, ...], double: bool = False, overrides: dict | None = None,
+          device: str = "cpu"):
+    """``(config, train state, clean batch, observation)`` of ``preset`` on ``shape`` crops of the samples."""
     import torch
 
     from retune_cli.config import resolve
@@ -56,8 +61,8 @@ def _setup(preset: str, shape: tuple[int, ...], double: bool = False, overrides:
     from retune_cli.train import new_state
 
     settings = resolve(preset, {"train.crop": shape[-1], "train.batch_size": shape[0], **(overrides or {})})
-    state = new_state(settings, "cpu", None)
-    clean = training_batch(ImageFolder.open(None), 0, shape[0], shape[-1], 0)
+    state = new_state(settings, device, None)
+    clean = training_batch(ImageFolder.open(None), 0, shape[0], shape[-1], 0).to(device)
     if double:
         state.scheme.double()
         clean = clean.double()
@@ -82,24 +87,39 @@ def _step_counts(scheme, obs, recorded: bool, counters) -> dict:
             "dispatched": sum(compute.values()) + sum(views.values()), "profiler_aten_events": events}
 
 
-def worker_ops(shapes: list[list[int]]) -> dict:
-    """Counts per problem, shape and recording, on the CPU's paths and (this tree) on a GPU's paths, forced."""
-    from retune_cli.core import wavelets
+def _policies() -> dict:
+    """Name → the ``launch_bound`` predicate to run with: the tree's own (the CPU's policy) and, where the tree has
+    :mod:`retune_cli.core.launch`, a launch-bound device's (a GPU's paths and reads, forced on the CPU)."""
+    try:
+        from retune_cli.core import launch
+    except ImportError:
+        return {"cpu_policy": None}
+    return {"cpu_policy": launch.launch_bound, "gpu_policy": lambda t: True}
 
+
+def _with_policy(policy, fn):
+    """``fn()`` with ``launch.launch_bound`` set to ``policy`` (None: the tree has no policy)."""
+    if policy is None:
+        return fn()
+    from retune_cli.core import launch
+
+    own, launch.launch_bound = launch.launch_bound, policy
+    try:
+        return fn()
+    finally:
+        launch.launch_bound = own
+
+
+def worker_ops(shapes: list[list[int]]) -> dict:
+    """Counts per problem, shape, policy and recording."""
     counters, out = _counters(), {}
-    paths = {"cpu_paths": wavelets.__dict__.get("few_launches")}
-    if paths["cpu_paths"] is not None:
-        paths["gpu_paths"] = lambda t: True
     for name, preset in PRESETS.items():
         for shape in shapes:
-            _, state, _, obs = _setup(preset, tuple(shape))
-            for path, few_launches in paths.items():
-                if few_launches is not None:
-                    wavelets.few_launches = few_launches
+            _, state, _, obs = setup(preset, tuple(shape))
+            for policy, predicate in _policies().items():
                 for recorded in (False, True):
-                    key = f"{name}/{'x'.join(map(str, shape))}/{path}/{'recorded' if recorded else 'graph_free'}"
-                    out[key] = _step_counts(state.scheme, obs, recorded, counters)
-            wavelets.__dict__.update({"few_launches": paths["cpu_paths"]} if paths["cpu_paths"] else {})
+                    key = f"{name}/{'x'.join(map(str, shape))}/{policy}/{'recorded' if recorded else 'graph_free'}"
+                    out[key] = _with_policy(predicate, partial(_step_counts, state.scheme, obs, recorded, counters))
     return out
 
 
@@ -109,13 +129,19 @@ def worker_reads() -> dict:
 
     counters, out = _counters(), {}
     for name, preset in PRESETS.items():
-        settings, state, clean, obs = _setup(preset, (2, 3, 32, 32))
-        for T in (1, 10, 30):
-            options = solve_options(settings.train, K=10, T=T)
-            train_step(state, clean, obs, options, "retune")
-            with counters.host_reads() as reads:
+        settings, state, clean, obs = setup(preset, (2, 3, 32, 32))
+        for policy, predicate in _policies().items():
+            for T in (1, 10, 30):
+                options = solve_options(settings.train, K=10, T=T)
                 train_step(state, clean, obs, options, "retune")
-            out[f"{name}/T{T}"] = {"reads": len(reads), "where": sorted(set(reads))}
+
+                def step():
+                    with counters.host_reads() as reads:
+                        train_step(state, clean, obs, options, "retune")  # noqa: B023 (called at once)
+                    return reads
+
+                reads = _with_policy(predicate, step)
+                out[f"{name}/{policy}/T{T}"] = {"reads": len(reads), "where": sorted(set(reads))}
     return out
 
 
@@ -127,7 +153,7 @@ def worker_numerics(path: str) -> dict:
 
     tensors = {}
     for name, preset in PRESETS.items():
-        settings, state, clean, obs = _setup(preset, (2, 3, 32, 32), double=True, overrides={"train.tol": 1e-9})
+        settings, state, clean, obs = setup(preset, (2, 3, 32, 32), double=True, overrides={"train.tol": 1e-9})
         for mode in MODES:
             state.optimizer.zero_grad(set_to_none=True)
             solution = solve(state.scheme, obs, solve_options(settings.train, K=5, T=4), mode)
@@ -150,7 +176,7 @@ def worker_time(threads: int, steps: int) -> dict:
     torch.set_num_threads(threads)
     out = {}
     for name, preset in PRESETS.items():
-        settings, state, clean, obs = _setup(preset, (4, 3, 256, 256))
+        settings, state, clean, obs = setup(preset, (4, 3, 256, 256))
         options = solve_options(settings.train, K=10, T=10)
         train_step(state, clean, obs, options, "retune")  # warm-up
         samples = []

@@ -2,7 +2,9 @@
 # The CUDA path, end to end, on a machine with a GPU (run from the repository root):
 #   bash bench/cuda_check.sh CBSD68_DIR OUT_DIR
 # CLI smoke runs on --device cuda (train in every gradient mode, restore, eval, compare-grads, PnP),
-# then the gradient-mode experiment (bench/experiment_gradients.py) on CUDA. Each part is logged and
+# then the timing table of training steps (bench/cuda_steps.py: wavelet, PnP and PnP-denoiser steps in five
+# gradient configurations, peak memory, the GPU paths against the CPU's) and the gradient-mode experiment
+# (bench/experiment_gradients.py) on CUDA. Each part is logged and
 # runs even if an earlier one failed; the exit code is the number of failed parts.
 set -u
 data=${1:?CBSD68 folder}; out=${2:?output folder}
@@ -18,6 +20,7 @@ part restore retune restore "$w/deq/theta.safetensors" retune_cli/samples/astron
 part eval retune eval "$w/retune/theta.safetensors" "$w/deq/theta.safetensors" --device cuda --json "$out/eval.json"
 part compare-grads retune compare-grads --device cuda --crop 32 --K 1,5 --T 1,5 --json "$out/compare_grads.json"
 part pnp retune train --device cuda --preset inpaint-pnp --steps 3 --crop 64 --out "$w/pnp"
+part steps python3 bench/cuda_steps.py --json "$out/cuda_steps.json"
 part experiment python3 bench/experiment_gradients.py --data "$data" --device cuda --work "$w/exp" \
   --json "$out/experiment_gradients_cuda.json" --figures "$out"
 exit $failed

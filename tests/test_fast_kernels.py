@@ -9,7 +9,7 @@ import pywt
 import torch
 
 from retune_cli.config import resolve
-from retune_cli.core import wavelets
+from retune_cli.core import launch, wavelets
 from retune_cli.core.priors import group_soft_threshold
 from retune_cli.core.pytree import leaves
 from retune_cli.core.wavelets import Coefficients, WaveletTransform
@@ -41,7 +41,7 @@ def _waverec2(c: Coefficients, wavelet: str) -> np.ndarray:
 def test_both_synthesis_paths_match_pywavelets_and_invert_the_analysis(monkeypatch, path, wavelet, levels, h, w):
     monkeypatch.setattr(wavelets, "SMALL_BANDS", PATHS[path])
     if path == "gpu":
-        monkeypatch.setattr(wavelets, "few_launches", lambda t: True)
+        monkeypatch.setattr(launch, "launch_bound", lambda t: True)
     t = WaveletTransform(wavelet, levels)
     c = _random_coefficients(t, (2, 3, h, w))
     np.testing.assert_allclose(t.synthesis(c).numpy(), _waverec2(c, wavelet), rtol=0, atol=1e-10)
@@ -138,15 +138,15 @@ def test_graph_free_step_equals_the_recorded_step(preset):
 
 
 def test_a_launch_bound_step_dispatches_under_100_operations_and_a_training_step_reads_back_two_values(monkeypatch):
-    """Issue 22: on a GPU each operation is a kernel launch and each read waits for the queue. The elementary
-    inpainting step on 2×3×64² takes the GPU's paths (forced here) in ≤ 100 dispatched operations (views
-    included); a ReTune training step reads back 2 values whatever T (Adam's host-side counters apart)."""
+    """Issue 22: on a GPU each operation is a kernel launch and each read waits for the queue. With the policy of
+    a launch-bound device (forced here), the elementary inpainting step on 2×3×64² dispatches ≤ 100 operations
+    (views included) and a ReTune training step reads back 2 values whatever T (Adam's host-side counters apart)."""
     from retune_cli.data import ImageFolder, training_batch
     from retune_cli.models import solve_options
     from retune_cli.op_counts import count_ops, host_reads
     from retune_cli.train import new_state, train_step
 
-    monkeypatch.setattr(wavelets, "few_launches", lambda t: True)
+    monkeypatch.setattr(launch, "launch_bound", lambda t: True)
     settings = resolve("inpaint-wavelet", {"train.crop": 64, "train.batch_size": 2})
     state = new_state(settings, "cpu", None)
     clean = training_batch(ImageFolder.open(None), 0, 2, 64, 0)

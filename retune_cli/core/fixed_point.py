@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import launch
 from .pytree import dot, flatten, leaves
 
 
@@ -46,15 +47,17 @@ ACCELERATIONS = ("none", "anderson")
 @torch.no_grad()
 def fixed_point(step: Callable, u0, tol: float, max_iter: int):
     """Iterate ``u ← step(u)`` from ``u0`` until the relative residual is ≤ ``tol`` or ``max_iter``
-    maps were applied (``tol = 0``: exactly ``max_iter``); returns ``(u, FixedPointStats)``. Runs
-    without building a graph; ``u0`` is returned as it is when ``max_iter`` is 0. With ``tol > 0`` the
-    residual is read back once per map; with ``tol = 0`` never in the loop (the last one stays on the device)."""
+    maps were applied (``tol = 0``: ``max_iter``, or fewer at an exact fixed point where reads are free);
+    returns ``(u, FixedPointStats)``. Runs without building a graph; ``u0`` is returned as it is when
+    ``max_iter`` is 0. The residual is read back once per map with ``tol > 0`` or on the CPU; with ``tol = 0``
+    on a launch-bound device (:mod:`.launch`) never in the loop: the last one stays on the device."""
     u, previous, residual, done = u0, None, float("inf"), 0
+    read = tol > 0 or (max_iter > 0 and not launch.launch_bound(leaves(u0)[0]))
     while done < max_iter and residual > tol:
         previous, u, done = u, step(u), done + 1
-        if tol > 0:
+        if read:
             residual = float(relative_residual(u, previous))
-    if tol <= 0 and previous is not None:
+    if not read and previous is not None:
         return u, FixedPointStats(done, relative_residual(u, previous))
     return u, FixedPointStats(done, residual)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import launch
 from .pytree import register_pytree
 
 SMALL_BANDS = 8192  # samples per band (batch × h × w) below which one dense convolution beats two separable ones
@@ -50,18 +51,11 @@ def _periodic_gather(h: int, w: int, left: int, right: int, device: torch.device
     return _GATHER[key]
 
 
-def few_launches(t: torch.Tensor) -> bool:
-    """Whether ``t``'s device launches a kernel per operation (CUDA, …): there the transform takes the paths
-    with the fewest operations (one gather per periodization, the dense synthesis at every level); on the CPU,
-    where a circular pad's dozen slices cost less than one gather, the fastest ones."""
-    return t.device.type != "cpu"
-
-
 def _periodize(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """Periodic extension of the last two dimensions by ``left``/``right`` samples (any wrap count): a circular
-    pad on the CPU, else one gather of the flattened image (one operation, not ~15)."""
+    pad on the CPU (faster there), else one gather of the flattened image (one operation, not ~15)."""
     h, w = x.shape[-2:]
-    if not few_launches(x) and max(left, right) <= min(h, w):
+    if not launch.launch_bound(x) and max(left, right) <= min(h, w):
         return F.pad(x, (left, right, left, right), mode="circular")
     index = _periodic_gather(h, w, left, right, x.device)
     out = x.reshape(*x.shape[:-2], h * w).index_select(-1, index)
@@ -210,7 +204,7 @@ class WaveletTransform:
         x, buffer = coeffs.approx.reshape(n * c, 1, h, w), None
         for level, d in enumerate(coeffs.details, 1):
             d = d.reshape(n * c, 3, h, w)
-            if n * c * h * w < SMALL_BANDS or few_launches(x):
+            if n * c * h * w < SMALL_BANDS or launch.launch_bound(x):
                 bands = _periodize(torch.cat((x, d), dim=1), left, right)
                 x = F.pixel_shuffle(F.conv2d(bands, dense), 2)
             else:
