@@ -19,12 +19,15 @@ clipped and quantized to 8-bit PNGs as a user's files arrive, then restored thro
   the known pixels as boundary values, Jacobi to convergence).
 
 Output ``bench/results/real_photos.json`` (mean PSNR per task and method, σ errors, seconds) and a printed
-table. One torch thread. Run: ``CBSD68=FOLDER .venv/bin/python bench/real_photos.py [--count 8]``.
+table. One torch thread. Run: ``CBSD68=FOLDER .venv/bin/python bench/real_photos.py [--count 8]``; only
+some rows: ``--tasks inpaint`` (the other rows of the JSON kept); another inpainting checkpoint:
+``--inpaint-model PATH --json OTHER.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -147,8 +150,9 @@ def deblur_rows(clean: dict[str, np.ndarray], crops: Path, work: Path) -> dict:
     return rows
 
 
-def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path) -> dict:
-    model = load_model(ready_model("inpaint").path)
+def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_path: Path | None = None) -> dict:
+    """The inpainting rows with the ready ``inpaint`` model, or the checkpoint ``model_path``."""
+    model = load_model(model_path or ready_model("inpaint").path)
     rows = {}
     for kind in ("strokes", "text"):
         runs = {"observation": [], "harmonic fill": [], "retune": [], "seconds": []}
@@ -179,13 +183,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=8, help="held-out photographs")
     parser.add_argument("--side", type=int, default=192)
     parser.add_argument("--tasks", default="denoise,deblur,inpaint")
+    parser.add_argument("--inpaint-model", type=Path, help="a checkpoint to score instead of the ready inpaint model")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "real_photos.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="retune-real-"))
     _, crops, names = heldout_setup(work, args.side, args.count)
     clean = {f.name: read_image(f).numpy().transpose(1, 2, 0).astype(np.float64) for f in sorted(crops.iterdir())}
-    tasks = {"denoise": denoise_rows, "deblur": deblur_rows, "inpaint": inpaint_rows}
+    tasks = {"denoise": denoise_rows, "deblur": deblur_rows,
+             "inpaint": functools.partial(inpaint_rows, model_path=args.inpaint_model)}
     rows = json.loads(args.json.read_text())["tasks"] if args.json.is_file() else {}  # other tasks kept
     for task in args.tasks.split(","):
         rows |= tasks[task](clean, crops, work)

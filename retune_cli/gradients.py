@@ -242,8 +242,8 @@ def compare_gradients(
     report("fixed point", 0, total)
     p = _problem(scheme.to(dtype), image, crop, seed, dtype, max(Ks), source, fp_tol)
     fixed, per_step = graph_bytes(p.scheme, p.obs, SolveOptions())
-    check_fits(fixed + per_step * iterations, p.obs.y.device, f"the unrolled row --K {max(Ks)} × --T {max(Ts)} on a "
-               f"--crop {crop} image", lambda room: "lower --K, --T or --crop")
+    check_fits(fixed + per_step * iterations, p.obs.y.device, f"backpropagating the unrolled row --K {max(Ks)} × "
+               f"--T {max(Ts)} on a --crop {crop} image", lambda room: "lower --K, --T or --crop")
     result = Comparison(_theta_names(p.scheme))
 
     def say(what: str) -> None:

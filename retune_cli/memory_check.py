@@ -1,4 +1,4 @@
-"""Memory a training step needs, measured before the first step, and refused when it does not fit.
+"""Memory a training step or a restoration needs, measured before it runs, and refused when it does not fit.
 
 The graph autograd keeps for one step's solve is measured on one crop of the training size
 (:func:`~.core.memory.saved_tensor_bytes`) for one and two elementary steps: their difference is the
@@ -59,7 +59,7 @@ def check_fits(need: int, device: torch.device | str, what: str, advice: Callabl
     ``advice(room)`` says what fits in the ``room`` bytes a step may take."""
     available = available_memory(device)
     if available is not None and need > SHARE * available:
-        raise InputError(f"{what} keeps about {need / GiB:.3g} GiB for backpropagation, but "
+        raise InputError(f"{what} needs about {need / GiB:.3g} GiB, but "
                          f"{available / GiB:.3g} GiB are available now; {advice(SHARE * available)}")
 
 
@@ -85,5 +85,36 @@ def check_step_memory(config: Config, scheme: torch.nn.Module, device: torch.dev
         return (f"--batch-size {fits} fits" if fits >= 1 else
                 f"even one image does not fit: lower --K{', --T' if t.gradient == 'unrolled' else ''} or --crop")
 
-    check_fits(per_image * t.batch_size, device, f"a training step ({steps} steps × --batch-size {t.batch_size} "
-               f"× --crop {t.crop}²)", advice)
+    check_fits(per_image * t.batch_size, device, f"backpropagating a training step ({steps} steps × --batch-size "
+               f"{t.batch_size} × --crop {t.crop}²)", advice)
+
+
+PROBE = 64  # side of the observation whose restoration is measured
+LARGE = 2**22  # pixels from which a restoration is measured first (smaller ones fit anywhere this runs)
+
+
+def check_restore_memory(scheme: torch.nn.Module, y: torch.Tensor, image: str) -> None:
+    """Refuse restoring an observation ``y`` of :data:`LARGE` pixels or more whose solve does not fit: the peak
+    bytes of one elementary step on a simulated ``PROBE``² observation (prepare, start, step), times the ratio
+    of pixels (every scheme's work and iterates grow linearly with them)."""
+    from .op_counts import peak_bytes
+
+    pixels = y.shape[-2] * y.shape[-1]
+    if pixels < LARGE:
+        return
+    physics = scheme.physics
+    probe = torch.rand(1, y.shape[-3], PROBE, PROBE, generator=torch.Generator().manual_seed(0)).to(y)
+
+    def one_step() -> None:
+        obs = physics.simulate(probe, 0)
+        ctx = scheme.prepare(obs)
+        scheme.step(scheme.init(ctx), ctx)
+
+    with torch.no_grad():
+        per_pixel = peak_bytes(one_step) / physics.simulate(probe, 0).y[0, 0].numel()
+
+    def advice(room: float) -> str:
+        side = int((room / per_pixel) ** 0.5)
+        return f"restore a crop of about {side}×{side} pixels, or a downscaled copy"
+
+    check_fits(int(per_pixel * pixels), y.device, f"restoring {image} ({y.shape[-1]}×{y.shape[-2]})", advice)

@@ -1,4 +1,4 @@
-"""What a step costs a GPU before any arithmetic: the aten operations it dispatches and the values it reads back.
+"""What a step costs before any arithmetic: the aten operations it dispatches, the values it reads back, its memory.
 
 On a GPU each dispatched compute operation is at least one kernel launch, and each value read back to the host
 (``item``, ``bool``, ``float``, ``tolist``, ``cpu``) waits for all queued kernels. Counted here on any device
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -62,3 +63,33 @@ def host_reads() -> Iterator[list[str]]:
     finally:
         for name, method in originals.items():
             setattr(torch.Tensor, name, method)
+
+
+class _Live(TorchDispatchMode):
+    """Bytes of the tensors that operations create and that are still alive, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t._base is None:
+                    nbytes = t.untyped_storage().nbytes()
+                    self.live += nbytes
+                    weakref.finalize(t, self._release, nbytes)
+            self.peak = max(self.peak, self.live)
+        return out
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """The most bytes held at once by tensors that ``fn()`` creates (views and in-place results share their
+    storage and are not counted again; what ``fn`` returns counts until it is released)."""
+    with _Live() as mode:
+        fn()
+    return mode.peak

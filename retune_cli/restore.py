@@ -19,6 +19,7 @@ from .core.schemes import NoValidStep
 from .errors import InputError
 from .images import JPEG, Stored, read_image, read_stored, write_image
 from .limits import check_cost
+from .memory_check import check_restore_memory
 from .models import build_scheme
 from .noise_level import NoiseScaling, estimated_sigma, rescale
 from .user_operators import user_operator
@@ -219,6 +220,7 @@ def restore_file(
         clean = _reference(model, x, reference)
     if sigma == "auto":
         model = with_estimated_noise(model, obs, image)
+    check_restore_memory(model.scheme, obs.y, str(image))
     solution = run(model, obs, T, tol, accelerate, on_restart)
     result = RestoreResult(solution.x[0], obs.y[0], solution.restarts, solution.residual, None, None,
                            noise=model.noise if sigma == "auto" else None)

@@ -33,7 +33,7 @@ def test_a_step_that_does_not_fit_is_refused_before_the_run(monkeypatch, image_f
                                       *TINY_FLAGS, "--gradient", "unrolled", "--T", "20"])
     assert result.exit_code == 2, result.output
     line = result.stderr.strip().splitlines()[-1]
-    assert "GiB for backpropagation" in line and "--batch-size" in line and "fits" in line, line
+    assert "backpropagating" in line and "GiB" in line and "--batch-size" in line and "fits" in line, line
     assert not (tmp_path / "run" / "theta.safetensors").exists()
 
 
@@ -42,4 +42,40 @@ def test_compare_grads_unrolled_row_that_does_not_fit_is_refused(monkeypatch):
     result = CliRunner().invoke(app, ["compare-grads", "--K", "5", "--T", "40", "--crop", "32"])
     assert result.exit_code == 2, result.output
     line = result.stderr.strip().splitlines()[-1]
-    assert "--K 5 × --T 40" in line and "GiB for backpropagation" in line and "lower --K" in line, line
+    assert "--K 5 × --T 40" in line and "backpropagating" in line and "GiB" in line and "lower --K" in line, line
+
+
+def test_peak_bytes_counts_what_is_alive_at_once():
+    """Two 1 MB tensors alive together, then one freed before a third: the peak is 2 MB, not 3."""
+    import torch
+
+    from retune_cli.op_counts import peak_bytes
+
+    def work():
+        a = torch.ones(2**18)  # 1 MiB of float32
+        b = a * 2
+        del a
+        c = b + 1
+        return c.sum()
+
+    assert peak_bytes(work) == pytest.approx(2 * 2**20, abs=64)
+
+
+def test_a_restoration_that_does_not_fit_is_refused_saying_what_fits(monkeypatch, tmp_path):
+    """The solve's peak is measured on a 64² probe and scaled to the image: with 2 MB free, a 128² photo does
+    not fit, and the message names a crop that does."""
+    from PIL import Image
+
+    monkeypatch.setattr(memory_check, "LARGE", 0)
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 2_000_000)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (90, 120, 150)).save(photo)
+    result = CliRunner().invoke(app, ["restore", str(photo), "--model", "denoise", "--sigma", "0.05",
+                                      "-o", str(tmp_path / "out.png")], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "restoring" in line and "128×128" in line and "GiB" in line and "restore a crop of about" in line, line
+    assert not (tmp_path / "out.png").exists()
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 2**34)
+    assert CliRunner().invoke(app, ["restore", str(photo), "--model", "denoise", "--sigma", "0.05",
+                                    "-o", str(tmp_path / "out.png")]).exit_code == 0

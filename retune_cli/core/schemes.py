@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import launch
 from .flat_coefficients import FlatCoefficients, Layout
 from .physics import Observation, Params, Physics, as_observation
 from .prior import Prior
@@ -115,7 +116,9 @@ class WaveletFB(PaddedScheme):
         bounds = self.physics.norm_bounds(obs.y, obs.params)
         lipschitz = bounds.norm**2 / lo**2
         strong_convexity = bounds.sigma_min**2 / hi**2
-        tau = STEP_RULES[self.step_rule](lipschitz, strong_convexity, bool(bounds.sigma_min > 0))
+        # μ > 0 read on the CPU (free: an infinite θ, μ = 0, is caught); from σ_min on a launch-bound device
+        injective = bool(bounds.sigma_min > 0) if launch.launch_bound(hi) else None
+        tau = STEP_RULES[self.step_rule](lipschitz, strong_convexity, injective)
         return StepParameters(theta, hi, tau, lipschitz, strong_convexity)
 
     def step_size(self, obs: Observation) -> torch.Tensor:
