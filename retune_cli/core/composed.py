@@ -35,7 +35,7 @@ from .schemes import STEP_RULES, contraction_factor
 
 @dataclass
 class ImageContext:
-    """What every step of one solve on images shares: ``Aᵀy`` (padded), τ, the bounds, the sizes."""
+    """What every step of one solve on images shares: ``Aᵀy`` (padded), τ, the bounds, the sizes, the start."""
 
     y: torch.Tensor
     aty: torch.Tensor
@@ -45,6 +45,7 @@ class ImageContext:
     lipschitz: float
     strong_convexity: float
     sigma: torch.Tensor | None = None  # pd: the dual step
+    x0: torch.Tensor | None = None  # the start (PaddedScheme.start); None: aty
 
 
 class ComposedScheme(PaddedScheme):
@@ -72,11 +73,12 @@ class ComposedScheme(PaddedScheme):
         obs = as_observation(obs)
         lipschitz, mu = self._bounds(obs)
         tau = self.step_size(obs).to(obs.y)
-        return ImageContext(obs.y, self.adjoint(obs.y, obs.params), obs.params, self.physics.image_size(obs.y), tau,
-                            lipschitz, mu)
+        aty = self.adjoint(obs.y, obs.params)
+        return ImageContext(obs.y, aty, obs.params, self.physics.image_size(obs.y), tau, lipschitz, mu,
+                            x0=self.start(obs.y, obs.params, aty))
 
     def init(self, ctx: ImageContext):
-        return ctx.aty
+        return ctx.x0
 
     def output(self, x, ctx: ImageContext) -> torch.Tensor:
         h, w = ctx.size
@@ -185,7 +187,7 @@ class CondatVu(ComposedScheme):
         return ctx
 
     def init(self, ctx: ImageContext) -> PrimalDual:
-        return PrimalDual(ctx.aty, tuple(torch.zeros_like(b) for b in self.theta.analysis(ctx.aty)))
+        return PrimalDual(ctx.x0, tuple(torch.zeros_like(b) for b in self.theta.analysis(ctx.x0)))
 
     def step(self, u: PrimalDual, ctx: ImageContext) -> PrimalDual:
         prior = self.theta

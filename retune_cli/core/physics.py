@@ -158,6 +158,11 @@ class Physics:
         None when all do (the default)."""
         return None
 
+    def start(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor | None:
+        """An estimate of the image for the schemes to start from, or None: ``Aᵀy`` (the default). A physics
+        whose adjoint is a poor estimate overrides it (super-resolution: bicubic upsampling)."""
+        return None
+
     def baseline(self, obs: Observation) -> torch.Tensor:
         """The observation as an estimate of the image (the baseline of evaluations): ``y`` by default."""
         return obs.y

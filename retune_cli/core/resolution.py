@@ -34,6 +34,9 @@ class Downsample(Physics):
         from deepinv.physics.functional.blur import bicubic_filter, gaussian_blur
 
         self.factor, self.filter = factor, filter
+        # bicubic: sample where PIL's and torchvision's antialiased resize do (measured on photographs: 49–54 dB
+        # agreement at even factors, one high-resolution pixel off at 4 without it); odd factors as deepinv's
+        self.shift = -(factor // 2 - 1) if filter == "bicubic" and factor % 2 == 0 else 0
         kernel = bicubic_filter(factor) if filter == "bicubic" else gaussian_blur(sigma=(factor, factor))
         self.kernel = kernel.to(torch.float64)  # cast per dtype: a float32 filter limits float64 to ~1e-7
         self._operators: dict[tuple, object] = {}
@@ -53,11 +56,20 @@ class Downsample(Physics):
     def _image_shape(self, y: torch.Tensor) -> tuple[int, int, int]:
         return (y.shape[-3], *self.image_size(y))
 
+    def _roll(self, x: torch.Tensor, sign: int) -> torch.Tensor:
+        """``R x`` (``sign`` 1) or ``Rᵀ x`` (−1): the circular shift by :attr:`shift` along both axes."""
+        return torch.roll(x, (sign * self.shift,) * 2, (-2, -1)) if self.shift else x
+
     def A(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        return self._op(x.shape[-3:], x).A(x).to(x.dtype)
+        """``S(h ∗ R x)``: deepinv's downsampling after the shift ``R`` to PIL's sampling phase."""
+        return self._op(x.shape[-3:], x).A(self._roll(x, 1)).to(x.dtype)
 
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        return self._op(self._image_shape(y), y).A_adjoint(y).to(y.dtype)
+        return self._roll(self._op(self._image_shape(y), y).A_adjoint(y), -1).to(y.dtype)
+
+    def start(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """Bicubic upsampling of y (:meth:`baseline`): far closer to the image than ``Aᵀy``."""
+        return self.baseline(Observation(y, params or {}))
 
     def image_size(self, y: torch.Tensor) -> tuple[int, int]:
         return (y.shape[-2] * self.factor, y.shape[-1] * self.factor)
@@ -88,5 +100,6 @@ class Downsample(Physics):
         return NormBounds(float(power.reshape(f, h // f, f, w // f).mean(dim=(0, 2)).max()) ** 0.5, 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
-        """Closed form in Fourier for circular downsampling (deepinv ``Downsampling.prox_l2``)."""
-        return self._op(z.shape[-3:], z).prox_l2(z, y, tau).to(z.dtype)
+        """Closed form in Fourier for circular downsampling (deepinv ``Downsampling.prox_l2``), conjugated by the
+        shift: ``prox_{τ½‖A₀R· − y‖²}(z) = Rᵀ prox_{τ½‖A₀· − y‖²}(R z)``."""
+        return self._roll(self._op(z.shape[-3:], z).prox_l2(self._roll(z, 1), y, tau), -1).to(z.dtype)

@@ -94,6 +94,12 @@ class PaddedScheme(Scheme):
             return pad_to_multiple(y, self.multiple)
         return self._zero_pad(self.physics.A_adjoint(y, params))
 
+    def start(self, y: torch.Tensor, params: Params, aty: torch.Tensor) -> torch.Tensor:
+        """The image to start from on the padded domain: the physics' estimate (zero on the padding) or ``aty``
+        (``Aᵀy``, returned as it is, so that a caller can tell)."""
+        x0 = self.physics.start(y, params)
+        return aty if x0 is None else self._zero_pad(x0)
+
     def normal(self, x: torch.Tensor, size: tuple[int, int], params: Params) -> torch.Tensor:
         """``Aᵀ A x`` on the padded domain (``x`` when ``A = I``); ``size`` is the image's (H, W)."""
         if self.physics.identity:

@@ -77,6 +77,7 @@ class WaveletContext:
 
     layout: Layout
     b: FlatCoefficients  # D Aᵀ y
+    start: FlatCoefficients  # D x₀ (x₀ = PaddedScheme.start: Aᵀ y unless the physics estimates better)
     scale: tuple[torch.Tensor, torch.Tensor]  # θ: max θ on the approximation band (detached), θ on the details
     inverse: tuple[torch.Tensor, torch.Tensor]  # θ⁻¹
     steps: tuple[torch.Tensor, torch.Tensor]  # τ θ⁻¹
@@ -126,9 +127,12 @@ class WaveletFB(PaddedScheme):
 
     def prepare(self, obs: Observation) -> WaveletContext:
         obs = as_observation(obs)
-        coeffs = self.transform.analysis(self.adjoint(obs.y, obs.params))
+        aty = self.adjoint(obs.y, obs.params)
+        x0 = self.start(obs.y, obs.params, aty)
+        coeffs = self.transform.analysis(aty)
         layout = Layout.of(coeffs)
         b = layout.pack(coeffs)
+        start = b if x0 is aty else layout.pack(self.transform.analysis(x0))
         s = self.step_parameters(obs)
         scale = (s.top.detach(), layout.spread(s.theta))  # max θ: a constant of the parametrization (module doc)
         inverse = tuple(1 / c for c in scale)
@@ -137,12 +141,12 @@ class WaveletFB(PaddedScheme):
         if self.physics.identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τθ⁻²) ⊙ u + τθ⁻¹ ⊙ b, precomputed once
             affine = (tuple(1 - t * i for t, i in zip(steps, inverse)), (steps[0] * b.approx, steps[1] * b.details))
         size = self.physics.image_size(obs.y)
-        return WaveletContext(layout, b, scale, inverse, steps, s.tau, s.lipschitz, s.strong_convexity, size,
+        return WaveletContext(layout, b, start, scale, inverse, steps, s.tau, s.lipschitz, s.strong_convexity, size,
                               obs.params, affine)
 
     def init(self, ctx: WaveletContext) -> FlatCoefficients:
-        """``u₀ = θ D Aᵀ y``."""
-        return FlatCoefficients(ctx.scale[0] * ctx.b.approx, ctx.scale[1] * ctx.b.details)
+        """``u₀ = θ D x₀`` (``x₀ = Aᵀ y`` unless the physics estimates better)."""
+        return FlatCoefficients(ctx.scale[0] * ctx.start.approx, ctx.scale[1] * ctx.start.details)
 
     @staticmethod
     def _image(u: FlatCoefficients, ctx: WaveletContext, transform: WaveletTransform) -> torch.Tensor:
