@@ -209,7 +209,15 @@ def run_cli(case: Case, world: World, w: Path, before: dict) -> tuple[str | None
         return why, 0, tail
     if result.exit_code == 2:
         return refusal_problem(result), 2, tail
+    if result.exit_code == 1 and not case.must_refuse and diverged_properly(result):
+        return None, 1, tail  # a value the run may take, whose training diverged: exit 1, one line, as documented
     return f"exit code {result.exit_code}: {type(result.exception).__name__}", result.exit_code, tail
+
+
+def diverged_properly(result) -> bool:
+    """A training that diverged: no traceback and its last line says so (the last good checkpoint is kept)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return "Traceback" not in result.output and bool(lines) and lines[-1].startswith("training diverged")
 
 
 def run_api(case: Case, world: World, w: Path) -> tuple[str | None, int | None, str]:
