@@ -1,9 +1,11 @@
 """Train the ready-made models shipped in the wheel (``retune models``, ``retune restore IMAGE --model NAME``).
 
-Each is a preset trained with ReTune on public photographs — the first 60 images of CBSD68 (Berkeley
-Segmentation Dataset, colour test set; the last 8 are held out) — for the preset's steps below, batch 4,
-crop 128, seed 0, CPU. The held-out PSNR is :func:`retune_cli.evaluate.evaluate` on 128² center crops of
-the 8 held-out images, degraded as the preset degrades them (seed 0). Writes
+Each is a preset (with the overrides below) trained with ReTune on public photographs — the first 60
+images of CBSD68 (Berkeley Segmentation Dataset, colour test set; the last 8 are held out) — for the
+steps below, batch 4, crop 128, seed 0, CPU. ``inpaint`` is the learned-filter prior trained on brush-stroke
+masks (issue 20: holes as users draw them, not random pixels). The held-out PSNR is
+:func:`retune_cli.evaluate.evaluate` on 128² center crops of the 8 held-out images, degraded as the
+training degrades them (seed 0). Writes
 ``retune_cli/ready/<name>.safetensors`` (θ: kilobytes), ``retune_cli/ready/catalog.yaml`` (what
 ``retune models`` lists) and ``bench/results/ready_models.json``.
 Run: ``CBSD68=FOLDER .venv/bin/python bench/ready_models.py [--only denoise]``.
@@ -25,14 +27,25 @@ from retune_cli.config import resolve
 from retune_cli.evaluate import evaluate
 from retune_cli.ready import CATALOG, READY
 
-MODELS = {  # name: (preset, steps, what it restores and how to use it)
-    "denoise": ("denoise-tv", 200, "Gaussian noise of any level (trained at σ = 0.08): --sigma auto (the "
+INPAINT = {  # issue 20: brush strokes and text, not random pixels; the fill nearly exact on known pixels
+    "physics.name": "inpaint", "physics.mask": "strokes", "physics.sigma": [0.014],
+    "model.filters": 8, "model.filter_size": 3, "model.huber_delta": 1.0, "model.init": "paper",
+    "model.init_lambda": 0.05,
+}
+MODELS = {  # name: (preset, overrides, steps, what it restores and how to use it)
+    "denoise": ("denoise-tv", {}, 200, "Gaussian noise of any level (trained at σ = 0.08): --sigma auto (the "
                 "default with --model) or --sigma S"),
-    "inpaint": ("inpaint-tv", 100, "missing pixels: --mask FILE (white = known; --invert-mask for white = "
-                "holes)"),
-    "deblur": ("deblur-tv", 100, "a known blur: --kernel FILE.npy (the blur of your camera or tool)"),
+    "inpaint": ("denoise-filters", INPAINT, 50, "missing pixels (strokes, text, scratches): --mask FILE (white "
+                "= known; --invert-mask for white = holes)"),
+    "deblur": ("deblur-tv", {}, 100, "a known blur: --kernel FILE.npy (the blur of your camera or tool)"),
 }
 TRAINED_ON = "CBSD68 images 1–60 (public BSD photographs), 128² crops"
+
+
+def _described(preset: str, overrides: dict) -> str:
+    """The preset and the overrides it was trained with, as ``retune models`` shows them."""
+    changes = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items())
+    return f"{preset} with {changes}" if changes else preset
 
 
 def main() -> None:
@@ -46,18 +59,18 @@ def main() -> None:
     catalog = yaml.safe_load(CATALOG.read_text()) if CATALOG.is_file() else {}
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.only.split(","):
-        preset, steps, use = MODELS[name]
-        config = resolve(preset, {"train.steps": steps})
+        preset, overrides, steps, use = MODELS[name]
+        config = resolve(preset, overrides | {"train.steps": steps})
         seconds, _, _ = train_run(config, work / name, train_dir)
         result = evaluate([work / name / "theta.safetensors"], data=heldout, seed=0)
         learned, observation = scores(result, result.labels[0]), scores(result, "observation")
         shutil.copyfile(work / name / "theta.safetensors", READY / f"{name}.safetensors")
-        catalog[name] = {"file": f"{name}.safetensors", "preset": preset, "restores": use,
+        catalog[name] = {"file": f"{name}.safetensors", "preset": _described(preset, overrides), "restores": use,
                          "trained_on": f"{TRAINED_ON}, {steps} steps",
                          "heldout": f"{learned['psnr']:.2f} dB (observation {observation['psnr']:.2f} dB), "
                                     "CBSD68 images 61–68"}
-        results[name] = {"preset": preset, "steps": steps, "train_seconds": seconds, "heldout": names,
-                         "psnr": learned["psnr"], "ssim": learned["ssim"], "observation": observation}
+        results[name] = {"preset": preset, "overrides": overrides, "steps": steps, "train_seconds": seconds,
+                         "heldout": names, "psnr": learned["psnr"], "ssim": learned["ssim"], "observation": observation}
         print(f"{name}: {learned['psnr']:.2f} dB held out (observation {observation['psnr']:.2f} dB)", flush=True)
     CATALOG.write_text(yaml.safe_dump(catalog, sort_keys=False, allow_unicode=True))
     args.json.write_text(json.dumps({"experiment": "ready models", "threads": 1, "models": results}, indent=1))

@@ -6,13 +6,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-def _figure(panels: int = 1):
+def _figure(panels: int = 1, rows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, panels, figsize=(6 * panels, 4), dpi=120, squeeze=panels == 1)
+    return plt.subplots(rows, panels, figsize=(6 * panels, 4 * rows), dpi=120, squeeze=panels * rows == 1)
+
+
+def _grid(panels: int, columns: int):
+    """A figure of ``panels`` axes laid out ``columns`` to a row (fewer when there are fewer panels), the
+    unused cells of the last row hidden: ``(figure, the axes in reading order)``."""
+    columns = max(1, min(columns, panels))
+    rows = -(-panels // columns)
+    fig, axes = _figure(columns) if rows == 1 else _figure(columns, rows)
+    cells = [ax for row in (axes if rows > 1 or columns > 1 else [[axes]]) for ax in row]
+    for ax in cells[panels:]:
+        ax.set_visible(False)
+    return fig, cells[:panels]
 
 
 def _save(fig, path: Path) -> None:
@@ -128,8 +140,7 @@ def plot_theta(path: Path, theta, curves: Mapping[str, tuple[Sequence[float], Se
     import numpy as np
 
     n = theta.shape[-1]
-    fig, axes = _figure(n + bool(curves))
-    axes = [axes] if n + bool(curves) == 1 else axes[0]
+    fig, axes = _grid(n + bool(curves), 2)
     low, top = float(theta.min()), float(theta.max())
     for c in range(n):
         ax = axes[c]
@@ -152,9 +163,7 @@ def plot_parameters(path: Path, parameters: Mapping[str, tuple[Sequence[float], 
     then the PSNR curves (label → ``(steps, psnr)``) when there are any."""
     from matplotlib.ticker import MaxNLocator
 
-    panels = len(parameters) + bool(curves)
-    fig, axes = _figure(panels)
-    axes = [axes] if panels == 1 else axes[0]
+    fig, axes = _grid(len(parameters) + bool(curves), 3)
     for i, (ax, (name, (x, y))) in enumerate(zip(axes, parameters.items())):
         ax.plot(x, y, ".-", color=f"C{i + 2}", markersize=3, linewidth=1)
         ax.set_yscale("log")
@@ -178,9 +187,8 @@ def _psnr_panel(ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
 
 def plot_side_by_side(path: Path, panels: Mapping[str, tuple[object, str]]) -> None:
     """Images side by side (title → ``(image (3, H, W) in [0, 1], caption)``), e.g. observation | each
-    checkpoint | clean, the caption under each (PSNR/SSIM)."""
-    fig, axes = _figure(len(panels))
-    axes = [axes] if len(panels) == 1 else axes[0]
+    checkpoint | clean, the caption under each (PSNR/SSIM); four to a row."""
+    fig, axes = _grid(len(panels), 4)
     for ax, (title, (image, caption)) in zip(axes, panels.items()):
         ax.imshow(image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
         ax.set_title(title)
@@ -191,26 +199,34 @@ def plot_side_by_side(path: Path, panels: Mapping[str, tuple[object, str]]) -> N
 
 
 def plot_gradient_errors(path: Path, rows: list[dict]) -> None:
-    """compare-grads figure: ReTune's relative error to DEQ against T, one colour per K; JFB
-    (the plateau) and its Lemma-1 bound (relative to ‖g_DEQ‖) dashed; log scales (T too when it spans a
-    decade), the legend outside the axes."""
+    """compare-grads figure. Left: the relative error to DEQ against T, one colour per K: ReTune (solid),
+    unrolled (dash-dot), JFB (the plateau, dashed) and its Lemma-1 bound (relative to ‖g_DEQ‖, dotted).
+    Right: the memory each kept for backpropagation against T (ReTune flat in T, unrolled growing).
+    Log scales (T too when it spans a decade), the legend outside the axes."""
     deq = next(r for r in rows if r["method"] == "deq")
     deq_norm = sum(v * v for v in deq["gradient"]) ** 0.5
-    fig, ax = _figure()
+    fig, (errors, memory) = _grid(2, 2)
     for i, K in enumerate(sorted({r["K"] for r in rows if r["method"] == "retune"})):
         color = f"C{i}"
-        retune = sorted((r["T"], r["rel_err_deq"]) for r in rows if r["method"] == "retune" and r["K"] == K)
-        ax.plot(*zip(*retune), "o-", color=color, label=f"ReTune K={K}")
+        for method, style in (("retune", "o-"), ("unrolled", "s-.")):
+            series = sorted((r["T"], r["rel_err_deq"], r["peak_bytes"]) for r in rows
+                            if r["method"] == method and r["K"] == K)
+            if series:
+                errors.plot([s[0] for s in series], [s[1] for s in series], style, color=color,
+                            label=f"{'ReTune' if method == 'retune' else 'unrolled'} K={K}")
+                memory.plot([s[0] for s in series], [s[2] / 2**20 for s in series], style, color=color)
         jfb = next(r for r in rows if r["method"] == "jfb" and r["K"] == K)
-        ax.axhline(jfb["rel_err_deq"], color=color, linestyle="--", linewidth=1, label=f"JFB K={K}")
+        errors.axhline(jfb["rel_err_deq"], color=color, linestyle="--", linewidth=1, label=f"JFB K={K}")
         if jfb["bound"] is not None:
-            ax.axhline(jfb["bound"] / deq_norm, color=color, linestyle=":", linewidth=1, label=f"Lemma 1 bound K={K}")
-    ax.set_xlabel("restarts T")
-    ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
-    ax.set_yscale("log")
+            errors.axhline(jfb["bound"] / deq_norm, color=color, linestyle=":", linewidth=1,
+                           label=f"Lemma 1 bound K={K}")
     restarts = [r["T"] for r in rows if r["method"] == "retune"]
-    if max(restarts) >= 10 * min(restarts):
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    for ax, ylabel in ((errors, "‖g − g_DEQ‖ / ‖g_DEQ‖"), (memory, "kept for backpropagation (MiB)")):
+        ax.set_xlabel("restarts T")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        if max(restarts) >= 10 * min(restarts):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    memory.legend(*errors.get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(fig, path)
