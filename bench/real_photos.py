@@ -16,7 +16,9 @@ clipped and quantized to 8-bit PNGs as a user's files arrive, then restored thro
   Pillow (a mask as drawing tools make it, white = hole), the holes black in the photo; the ``inpaint``
   model with ``--invert-mask --sigma auto --tol 1e-3`` (holes of 10 px need more restarts than random
   pixels); baseline: the harmonic fill (Laplace equation on the holes,
-  the known pixels as boundary values, Jacobi to convergence).
+  the known pixels as boundary values, Jacobi to convergence);
+* ``sr ×2`` / ``sr ×4``: the photo downscaled by Pillow's bicubic resize; the ``sr2``/``sr4`` models with
+  ``--sigma auto`` (as ``--model`` restores) and at their training σ; baseline: Pillow's bicubic upsampling.
 
 Output ``bench/results/real_photos.json`` (mean PSNR per task and method, σ errors, seconds) and a printed
 table. One torch thread. Run: ``CBSD68=FOLDER .venv/bin/python bench/real_photos.py [--count 8]``; only
@@ -174,6 +176,32 @@ def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_pa
     return rows
 
 
+def sr_rows(clean: dict[str, np.ndarray], crops: Path, work: Path) -> dict:
+    """×2 and ×4: the photo downscaled by Pillow's bicubic resize (antialiased, as editors and torchvision
+    make small images), 8-bit; the ready ``sr2``/``sr4`` model as ``--model`` restores (``--sigma auto``) and
+    at its training σ; baseline: Pillow's bicubic upsampling of the small PNG."""
+    rows = {}
+    for factor in (2, 4):
+        path = ready_model(f"sr{factor}").path
+        runs = {"bicubic": [], "auto": [], "trained σ": [], "seconds": []}
+        for name, x in clean.items():
+            side = x.shape[0] // factor
+            small = Image.open(crops / name).convert("RGB").resize((side, side), Image.BICUBIC)
+            small.save(work / f"s{factor}-{name}")
+            bicubic = np.asarray(small.resize((x.shape[1], x.shape[0]), Image.BICUBIC), dtype=np.float64) / 255
+            runs["bicubic"].append(psnr(bicubic, x))
+            auto = restore(load_model(path), work / f"s{factor}-{name}", work / "sr.png", crops / name, sigma="auto",
+                           scale=factor)
+            trained = restore(load_model(path), work / f"s{factor}-{name}", work / "sr.png", crops / name,
+                              scale=factor)
+            runs["auto"].append(auto["psnr"])
+            runs["trained σ"].append(trained["psnr"])
+            runs["seconds"].append(auto["seconds"])
+        rows[f"sr ×{factor}"] = _summary(runs)
+        print(f"sr ×{factor}: {rows[f'sr ×{factor}']}", flush=True)
+    return rows
+
+
 def _summary(runs: dict[str, list[float]]) -> dict:
     return {k: float(np.mean(v)) for k, v in runs.items()}
 
@@ -182,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=8, help="held-out photographs")
     parser.add_argument("--side", type=int, default=192)
-    parser.add_argument("--tasks", default="denoise,deblur,inpaint")
+    parser.add_argument("--tasks", default="denoise,deblur,inpaint,sr")
     parser.add_argument("--inpaint-model", type=Path, help="a checkpoint to score instead of the ready inpaint model")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "real_photos.json")
     args = parser.parse_args()
@@ -190,7 +218,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="retune-real-"))
     _, crops, names = heldout_setup(work, args.side, args.count)
     clean = {f.name: read_image(f).numpy().transpose(1, 2, 0).astype(np.float64) for f in sorted(crops.iterdir())}
-    tasks = {"denoise": denoise_rows, "deblur": deblur_rows,
+    tasks = {"denoise": denoise_rows, "deblur": deblur_rows, "sr": sr_rows,
              "inpaint": functools.partial(inpaint_rows, model_path=args.inpaint_model)}
     rows = json.loads(args.json.read_text())["tasks"] if args.json.is_file() else {}  # other tasks kept
     for task in args.tasks.split(","):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 MASK_KINDS = ("random", "strokes", "text", "blocks")
 MISSING = (0.05, 0.25)  # the fraction of the pixels that strokes, text and blocks erase
@@ -119,3 +120,27 @@ def cut_masks(masks: Sequence[torch.Tensor], shape: Sequence[int], seed: int) ->
         y, x = _integer(generator, 0, mask.shape[-2] - h), _integer(generator, 0, mask.shape[-1] - w)
         cuts.append(mask[..., y:y + h, x:x + w].to(torch.float32))
     return torch.stack(cuts)
+
+
+def pull_push_fill(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The holes of ``y`` (``mask`` 0) filled smoothly from the known pixels (``mask`` 1), which are kept
+    (Gortler et al.'s pull–push). Pull: 2×2 means ``v_{l+1} = pool(v_l)``, ``w_{l+1} = pool(w_l)`` from
+    ``v_0 = m ⊙ y``, ``w_0 = m``, down to one pixel; ``v_l / w_l`` is the mean of the known pixels of a block,
+    ``n_l = 4^l w_l`` their count. Push: ``e_l = b_l ⊙ v_l / w_l + (1 − b_l) ⊙ up(e_{l+1})`` with ``b_l = min(n_l,
+    1)`` (bilinear ``up``): a block with a known pixel keeps its mean, an empty one takes the coarser estimate.
+    A fast (O(pixels)) stand-in for the harmonic fill: where inpainting schemes start."""
+    weights = mask.to(y).expand(y.shape[0], 1, *y.shape[-2:])
+    pyramid = [(y * weights, weights)]
+    while max(pyramid[-1][1].shape[-2:]) > 1:
+        v, w = pyramid[-1]
+        pyramid.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    estimate = None
+    for level, (v, w) in reversed(list(enumerate(pyramid))):
+        mean = v / w.clamp_min(torch.finfo(v.dtype).tiny)  # 0 where the block has no known pixel
+        if estimate is None:
+            estimate = mean
+            continue
+        kept = (w * 4**level).clamp(max=1)
+        up = F.interpolate(estimate, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        estimate = kept * mean + (1 - kept) * up
+    return estimate
