@@ -23,7 +23,7 @@ import torch
 from . import custom, resolution  # noqa: F401  (register the super-resolution and user-code physics)
 from .boundary import BOUNDARIES, PaddedBlur
 from .kernels import KERNELS, as_kernel, channel_blur_kernel, draw_kernels, fft_norm, kernel_stack, pick_kernels
-from .masks import MASK_KINDS, cut_masks, draw_masks, pull_push_fill
+from .masks import MASK_KINDS, cut_masks, draw_masks, harmonic_fill
 from .physics import PHYSICS, NormBounds, Params, Physics, UserOperator, register_physics
 
 MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
@@ -108,8 +108,8 @@ class RandomInpainting(Physics):
         return self.A(super().observe(x, seed, params), params)
 
     def start(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        """The holes filled from the known pixels (:func:`~.masks.pull_push_fill`), not left black as in ``Aᵀy``."""
-        return pull_push_fill(y, self._mask(y, params))
+        """The holes filled from the known pixels (:func:`~.masks.harmonic_fill`), not left black as in ``Aᵀy``."""
+        return harmonic_fill(y, self._mask(y, params))
 
     def observed_pixels(self, params: Params) -> torch.Tensor | None:
         """The mask of the first image, ``(1, H, W)``: missing pixels carry no noise."""
