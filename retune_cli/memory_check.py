@@ -105,13 +105,16 @@ def check_restore_memory(scheme: torch.nn.Module, y: torch.Tensor, image: str) -
     physics = scheme.physics
     probe = torch.rand(1, y.shape[-3], PROBE, PROBE, generator=torch.Generator().manual_seed(0)).to(y)
 
+    observed = []
+
     def one_step() -> None:
         obs = physics.simulate(probe, 0)
         ctx = scheme.prepare(obs)
         scheme.step(scheme.init(ctx), ctx)
+        observed.append(obs.y[0, 0].numel())  # the probe's observed pixels (fewer than PROBE² for SR)
 
     with torch.no_grad():
-        per_pixel = peak_bytes(one_step) / physics.simulate(probe, 0).y[0, 0].numel()
+        per_pixel = peak_bytes(one_step) / observed[0]
 
     def advice(room: float) -> str:
         side = int((room / per_pixel) ** 0.5)

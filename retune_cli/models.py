@@ -116,7 +116,6 @@ def denoiser_log_sigma(scheme: torch.nn.Module) -> torch.Tensor | None:
     return getattr(scheme.theta, "log_sigma", None)
 
 
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
     if name == "auto":

@@ -20,8 +20,10 @@ def _grid(panels: int, columns: int):
     unused cells of the last row hidden: ``(figure, the axes in reading order)``."""
     columns = max(1, min(columns, panels))
     rows = -(-panels // columns)
-    fig, axes = _figure(columns) if rows == 1 else _figure(columns, rows)
-    cells = [ax for row in (axes if rows > 1 or columns > 1 else [[axes]]) for ax in row]
+    import numpy as np
+
+    fig, axes = _figure(columns, rows)
+    cells = list(np.ravel(axes))
     for ax in cells[panels:]:
         ax.set_visible(False)
     return fig, cells[:panels]
