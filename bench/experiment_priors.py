@@ -3,7 +3,8 @@ its best single hand-tuned weight.
 
 CBSD68 sorted by name: the first 60 images train, the last 8 are held out (center crops of ``--side``
 pixels). Tasks: colour denoising at σ = 0.08, the paper's inpainting (90 % missing, σ = 0.05) and
-deblurring (channel-wise uniform blur of width 25, σ = 0.05). For each task and prior preset:
+deblurring (channel-wise uniform blur of width 25, σ = 0.05). For each task and prior preset (a label
+``preset+variant`` adds the overrides of :data:`VARIANTS`, e.g. ``denoise-tv+opponent``):
 
 * ``learned``: θ trained with the preset's gradient, (K, T) and acceleration for ``--steps`` Adam steps
   (batch 4, crop ``--crop``, seed 0) through :func:`retune_cli.train.train`;
@@ -49,6 +50,7 @@ TASKS = {
     "inpaint": (["inpaint-wavelet", "inpaint-tv", "inpaint-wavelet-union"], {}),
     "deblur": (["deblur-wavelet", "deblur-tv", "deblur-filters"], {}),
 }
+VARIANTS = {"opponent": {"model.colour": "opponent"}, "rgb": {"model.colour": "rgb"}}  # label "preset+variant"
 GRID = [0.001 * 2**i for i in range(11)]  # 0.001 … 1.024, a factor 2 apart; the best is refined by √2
 
 
@@ -82,16 +84,18 @@ def hand_tuned(config, work: Path, heldout: Path, tune: Path, grid: list[float],
             "grid": sorted(rows, key=lambda r: r["init_lambda"])}
 
 
-def run_prior(preset: str, overrides: dict, args, train_dir: Path, heldout: Path, tune: Path, work: Path) -> dict:
-    """Learned and hand-tuned scores of one preset."""
-    steps = args.steps_for.get(preset, args.steps)
-    config = resolve(preset, overrides | {"train.steps": steps, "train.crop": args.crop})
-    print(f"{preset}:", flush=True)
-    seconds, _, log = train_run(config, work / preset, train_dir, reuse=args.keep)
-    learned = _score(work / preset / "theta.safetensors", heldout, args.solve)
+def run_prior(label: str, overrides: dict, args, train_dir: Path, heldout: Path, tune: Path, work: Path) -> dict:
+    """Learned and hand-tuned scores of one preset, ``label`` = ``preset`` or ``preset+variant``
+    (:data:`VARIANTS`: overrides on top of the preset's)."""
+    preset, _, variant = label.partition("+")
+    steps = args.steps_for.get(label, args.steps)
+    config = resolve(preset, overrides | VARIANTS.get(variant, {}) | {"train.steps": steps, "train.crop": args.crop})
+    print(f"{label}:", flush=True)
+    seconds, _, log = train_run(config, work / label, train_dir, reuse=args.keep)
+    learned = _score(work / label / "theta.safetensors", heldout, args.solve)
     print(f"  learned: {learned['psnr']:.2f} dB", flush=True)
-    sweep = hand_tuned(config, work / f"{preset}-sweep", heldout, tune, GRID[::4] if args.quick else GRID, args.solve)
-    final = read_log(work / preset / "log.csv")[-1][2]
+    sweep = hand_tuned(config, work / f"{label}-sweep", heldout, tune, GRID[::4] if args.quick else GRID, args.solve)
+    final = read_log(work / label / "log.csv")[-1][2]
     return {"learned": learned | {"steps": steps, "train_seconds": seconds, "final_train_psnr": final, "log": log},
             "hand_tuned": sweep}
 

@@ -33,7 +33,8 @@ class PhysicsConfig:
     blur_width: int = 25  # deblur: width of the uniform kernels
     kernel: str = "uniform-channel"  # deblur: uniform-channel | gaussian | motion (drawn per image) | a .npy/PSF file
     kernel_size: int = 25  # deblur: side of the gaussian/motion kernels
-    boundary: str = "circular"  # deblur: circular | reflect | replicate (how the image extends past its edges)
+    boundary: str = "circular"  # deblur: circular | reflect | replicate (how the image extends past its edges) | valid
+    # (none assumed: y is the (H−h+1)×(W−w+1) pixels whose blur window lies inside the image; fb/pd schemes)
     factor: int = 4  # sr: downsampling factor
     filter: str = "bicubic"  # sr: anti-aliasing filter, bicubic | gaussian
     factory: str = ""  # python: "module:function" returning a deepinv LinearPhysics for an image shape

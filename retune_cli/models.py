@@ -77,7 +77,10 @@ def build_prior(config: Config, physics: Physics) -> Prior:
     prior has one, its own defaults otherwise."""
     m = config.model
     cls = prior_class(m.prior)
-    prior = cls.build(component_options(m, cls), CHANNELS)
+    try:
+        prior = cls.build(component_options(m, cls), CHANNELS)
+    except ValueError as error:  # an option out of range: the prior names it
+        raise InputError(f"model.prior {m.prior}: {error}") from None
     if m.init == "noise" and "noise start" in cls.capabilities():
         prior.init_from_noise(prior_noise(config, physics), config.train.crop**2)
     return prior

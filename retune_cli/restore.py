@@ -176,8 +176,7 @@ def check_scale(model: Model, scale: int | None, image: Path) -> None:
     """``--scale``: the factor from the observation's size to the restored image's must be the model's."""
     if scale is None:
         return
-    probe = torch.zeros(1, 3, 16, 16)
-    own = model.scheme.physics.image_size(probe)[0] // 16
+    own = _written_size(model, torch.zeros(1, 3, 16, 16), {})[0] // 16
     if scale != own:
         raise InputError(f"--scale {scale}: {model.checkpoint.path} restores {image} at scale {own} "
                          f"(physics {model.config.physics.name})")
@@ -202,8 +201,10 @@ def restore_file(
 ) -> RestoreResult:
     """Restore ``image``; with ``simulate_seed`` the image is clean and is degraded first (with the
     given mask or kernel, else with the checkpoint's physics' own, drawn from the seed). A real
-    observation is restored at the physics' image size (``scale`` times larger for super-resolution).
-    ``reference``: a real clean image of the restored size, scored against (PSNR, SSIM). ``image``
+    observation is restored at the physics' image size (``scale`` times larger for super-resolution) and
+    written cut to the window it observes (:meth:`~.core.physics.Physics.observed_window`: a valid blur's
+    result is the observation's size). ``reference``: a real clean image of the written size, scored against
+    (PSNR, SSIM). ``image``
     passes :func:`~.values.unit_range` (as an observation, noise kept, unless simulated); a warning
     (a mask probably inverted) goes to ``on_warning``; ``invert_mask``: white = the holes.
     ``sigma="auto"``: the model moved to the noise level estimated from the observation
@@ -217,25 +218,33 @@ def restore_file(
     params = user_operator(model, x.shape, operators or {}, normalize_kernel, on_warning, invert_mask)
     clean, obs = _observe(model, x, image, simulate_seed, params)
     if reference is not None:
-        clean = _reference(model, x, reference)
+        clean = _reference(model, x, obs.params, reference)
     if sigma == "auto":
         model = with_estimated_noise(model, obs, image)
     check_restore_memory(model.scheme, obs.y, str(image))
     solution = run(model, obs, T, tol, accelerate, on_restart)
-    result = RestoreResult(solution.x[0], obs.y[0], solution.restarts, solution.residual, None, None,
+    physics = model.scheme.physics
+    written = (lambda v: v) if simulate_seed is not None else (lambda v: physics.observed_window(v, obs.params))
+    result = RestoreResult(written(solution.x)[0], obs.y[0], solution.restarts, solution.residual, None, None,
                            noise=model.noise if sigma == "auto" else None)
     if output is not None:
         output.write(result, stored)
     if clean is None:
         return result
-    scored = solution.x if output is None else read_image(output.path, observed=True)[None].to(model.device)
-    return replace(result, **_scores(scored, model.scheme.physics.baseline(obs), clean))
+    scored = written(solution.x) if output is None else read_image(output.path, observed=True)[None].to(model.device)
+    return replace(result, **_scores(scored, written(physics.baseline(obs)), clean))
 
 
-def _reference(model: Model, x: torch.Tensor, reference: Path) -> torch.Tensor:
-    """``--reference``: a clean image of the restored size, ``(1, 3, H, W)``."""
+def _written_size(model: Model, y: torch.Tensor, params: Params) -> tuple[int, int]:
+    """``(H, W)`` of the image that restoring a real observation ``y`` writes."""
+    physics = model.scheme.physics
+    return tuple(physics.observed_window(y.new_empty((1, 1, *physics.image_size(y))), params).shape[-2:])
+
+
+def _reference(model: Model, x: torch.Tensor, params: Params, reference: Path) -> torch.Tensor:
+    """``--reference``: a clean image of the written size, ``(1, 3, H, W)``."""
     clean = read_image(reference, "--reference").unsqueeze(0).to(model.device)
-    want = (*x.shape[:-2], *model.scheme.physics.image_size(x))
+    want = (*x.shape[:-2], *_written_size(model, x, params))
     if clean.shape != want:
         raise InputError(f"--reference {reference} is {clean.shape[-1]}×{clean.shape[-2]}; the restored image "
                          f"is {want[-1]}×{want[-2]}")

@@ -127,11 +127,11 @@ def test_reflect_has_no_exact_data_prox():
 
 
 def test_unknown_boundary_is_refused(tmp_path, image_folder):
-    with pytest.raises(ValueError, match="boundary must be one of circular, reflect, replicate, not 'zero'"):
+    with pytest.raises(ValueError, match="boundary must be one of circular, reflect, replicate, valid, not 'zero'"):
         ChannelBlur([0.05], boundary="zero")
     one_line_error(invoke("train", "--preset", "deblur-wavelet", "--set", "physics.boundary=zero", "--steps", 1,
                           "--data", image_folder, "--out", tmp_path / "run", "--device", "cpu"),
-                   "physics.boundary must be one of circular, reflect, replicate, not 'zero'")
+                   "physics.boundary must be one of circular, reflect, replicate, valid, not 'zero'")
     assert not (tmp_path / "run").exists()
 
 

@@ -160,7 +160,7 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="model.init_lambda"):
         TVPrior("isotropic", 0.0)
     assert TVPrior.capabilities() == {"analysis", "noise start"}
-    assert TVPrior.options == {"tv": "isotropic", "init_lambda": 0.05}
+    assert TVPrior.options == {"tv": "isotropic", "init_lambda": 0.05, "colour": "rgb"}
 
 
 # --------------------------------------------------------------------------- the primal–dual scheme

@@ -55,7 +55,9 @@ KernelOption = Annotated[Path | None, typer.Option(help="Deblurring: .npy kernel
                                                    "channel, or a PSF image (.png…, divided by its sum).")]
 BoundaryOption = Annotated[str | None, typer.Option(
     help="Deblurring: how the image extends past its edges — reflect, replicate or circular (default: reflect for a "
-         "real image, as photographs are blurred; the checkpoint's with --simulate).")]
+         "real image, as photographs are blurred; the checkpoint's with --simulate), or valid: nothing assumed, the "
+         "photo's pixels are the blurs whose window lies inside a larger unknown image, solved for and cut back to "
+         "the photo's size (fb/pd models).")]
 SigmaOption = Annotated[str | None, typer.Option(
     help="The image's noise level (images in [0, 1]), one or per channel (0.1,0.12,0.09), or auto (estimated from "
          "the image, per channel), if not the checkpoint's: thresholds scale by it (--simulate adds this noise).")]

@@ -14,6 +14,11 @@ All are exact linear maps built from differentiable ops: autograd (and double-ba
 The step size needs ``‖A‖`` from above: :meth:`PaddedBlur.norm_bound` (Collatz–Wielandt, not power iteration,
 which approaches it from below). No closed-form ``prox`` of ``½‖A x − y‖²`` exists (``AᵀA`` is not diagonal
 in Fourier).
+
+``valid`` (:class:`ValidBlur`, boundary-free: Reeves 2005, Almeida & Figueiredo 2013) assumes nothing beyond
+the edges: ``y = C K x`` keeps the ``(H − h + 1)×(W − w + 1)`` pixels whose window lies inside the ``H×W``
+image ``x``, ``y[i] = (K x)[i + (h − 1 − h//2, w − 1 − w//2)]``: the central crop of the padded modes' ``y``
+(same kernel, same centring); the unknown is ``h − 1`` rows and ``w − 1`` columns larger than the observation.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-BOUNDARIES = ("circular", "reflect", "replicate")
+BOUNDARIES = ("circular", "reflect", "replicate", "valid")
 
 
 def pad_indices(n: int, before: int, after: int, mode: str) -> torch.Tensor:
@@ -49,7 +54,7 @@ class PaddedBlur:
     def __init__(self, kernel: torch.Tensor, shape: tuple[int, int], mode: str, like: torch.Tensor):
         (h, w), (height, width) = kernel.shape[-2:], shape
         self.shape, self.mode = (height, width), mode
-        self.pads = (w - 1 - w // 2, w // 2, h - 1 - h // 2, h // 2)  # left, right, top, bottom (F.pad's order)
+        self.pads = margins((h, w))
         self.rows = pad_indices(height, self.pads[2], self.pads[3], mode).to(like.device)
         self.cols = pad_indices(width, self.pads[0], self.pads[1], mode).to(like.device)
         self.size = (height + h - 1, width + w - 1)
@@ -105,3 +110,53 @@ class PaddedBlur:
                 v = (mv / mv.max()).clamp_min(1e-9)  # strictly positive, as the bound needs
             self._bound = min(self.pad_norm() * float(self.fft.abs().max()), best**0.5)
         return self._bound
+
+
+def margins(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` (``F.pad``'s order): how far an ``h×w`` kernel centred at ``(h//2, w//2)``
+    reaches past an output pixel, ``h − 1 − h//2`` rows above and ``h//2`` below (columns alike)."""
+    h, w = size
+    return (w - 1 - w // 2, w // 2, h - 1 - h // 2, h // 2)
+
+
+def extend(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A valid observation ``y`` reflected by :func:`margins` of an ``h×w`` kernel onto the image's grid: an
+    estimate of the image (its central window is ``y``), for a start and a baseline."""
+    left, right, top, bottom = margins(size)
+    rows = pad_indices(y.shape[-2], top, bottom, "reflect").to(y.device)
+    cols = pad_indices(y.shape[-1], left, right, "reflect").to(y.device)
+    return y.index_select(-2, rows).index_select(-1, cols)
+
+
+def window(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The ``(H − h + 1)×(W − w + 1)`` window of an image ``x`` whose pixels a valid observation shows."""
+    left, right, top, bottom = margins(size)
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+
+
+class ValidBlur:
+    """``A = C K`` for one kernel ``(N or 1, C or 1, h, w)`` and images ``H×W``: ``K`` the circular
+    convolution on the image's grid (FFTs; as :class:`PaddedBlur` centres it), ``C`` the crop to the
+    pixels no wrap-around reaches; ``Aᵀ = Kᵀ Cᵀ``, zero padding then correlation (the 'full' transposed
+    convolution). ``‖A‖ ≤ ‖K‖ = max|K̂|`` (``C`` has norm 1), ``= ‖k‖₁`` for a non-negative kernel."""
+
+    def __init__(self, kernel: torch.Tensor, shape: tuple[int, int], like: torch.Tensor):
+        self.shape, self.pads = shape, margins(tuple(kernel.shape[-2:]))
+        self.kernel = kernel.detach().to(like.device, like.dtype)
+        self.fft = kernel_fft(self.kernel, shape)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """``C K x``."""
+        return window(torch.fft.irfft2(torch.fft.rfft2(x) * self.fft, s=self.shape), self.kernel.shape[-2:])
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Kᵀ Cᵀ y``."""
+        return torch.fft.irfft2(torch.fft.rfft2(F.pad(y, self.pads)) * self.fft.conj(), s=self.shape)
+
+    def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ A x`` (two FFT pairs: the crop between them is not diagonal in Fourier)."""
+        return self.A_adjoint(self.A(x))
+
+    def norm_bound(self, channels: int) -> float:
+        """``max |K̂|`` over the kernels and frequencies of the image's grid: ``‖A‖ ≤ ‖C‖‖K‖ = ‖K‖``."""
+        return float(self.fft.abs().max())

@@ -25,6 +25,9 @@ The analysis operator is ``(L_θ x)_{f,c} = w_{f,c} (F_f * x_c)``: zero-padded '
 * ``l1``: ``h(u) = ‖u‖₁``, ``h*`` the indicator of ``{‖p‖∞ ≤ 1}``, ``prox_{σh*}(p) = clamp(p, −1, 1)``
   (sharper, but the dual iterates converge slowly: thousands of steps).
 
+``model.colour: opponent`` analyses the opponent colours ``O x`` (luminance and two colour differences, an
+orthonormal O: :mod:`.colour`) instead of R, G, B: the weights then smooth colour apart from luminance.
+
 There is no closed-form ``prox_{τg}``: the prior offers the ``analysis`` capability only (``model.scheme: pd``).
 
 ``‖L_θ‖`` is bounded from the filters' spectra: zero-padding restricts a convolution on ℤ², so
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour import check_colour, colour_noise, from_colour, to_colour
 from .prior import Prior, register_prior
 
 PENALTIES = ("l1", "huber")
@@ -94,13 +98,15 @@ class FilterPrior(Prior):
     ``log_weights (F, C)``."""
 
     name = "filters"
-    options = {"filters": 24, "filter_size": 5, "penalty": "huber", "huber_delta": 0.01, "init_lambda": 0.05}
+    options = {"filters": 24, "filter_size": 5, "penalty": "huber", "huber_delta": 0.01, "init_lambda": 0.05,
+               "colour": "rgb"}
 
     def __init__(self, filters: int = 24, filter_size: int = 5, penalty: str = "huber", huber_delta: float = 0.01,
-                 init_lambda: float = 0.05, channels: int = 3):
+                 init_lambda: float = 0.05, colour: str = "rgb", channels: int = 3):
         super().__init__()
         _check_options(filters, filter_size, penalty, huber_delta, init_lambda)
-        self.penalty, self.huber_delta, self.size = penalty, float(huber_delta), filter_size
+        check_colour(colour, channels)
+        self.penalty, self.huber_delta, self.size, self.colour = penalty, float(huber_delta), filter_size, colour
         self.filters_raw = nn.Parameter(filter_size * dct_filters(filters, filter_size))
         self.log_weights = nn.Parameter(torch.full((filters, channels), math.log(init_lambda)))
 
@@ -118,8 +124,9 @@ class FilterPrior(Prior):
         return torch.exp(self.log_weights)
 
     def analysis(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[u]``, ``u_{b,c,f} = w_{f,c} (F_f * x_{b,c})``: one tensor ``(B, C, F, H, W)``, zero-padded 'same'
-        correlation."""
+        """``[u]``, ``u_{b,c,f} = w_{f,c} (F_f * (O x)_{b,c})``: one tensor ``(B, C, F, H, W)``, zero-padded
+        'same' correlation (O: ``model.colour``, :mod:`.colour`)."""
+        x = to_colour(x, self.colour)
         b, c, h, w = x.shape
         bank = self.bank().to(x)
         responses = F.conv2d(x.reshape(b * c, 1, h, w), bank, padding=self.size // 2)
@@ -134,7 +141,7 @@ class FilterPrior(Prior):
         taps = self.bank().to(u).reshape(f, -1).t()[None] * self.weights().to(u).t()[:, None, :]  # (C, k², F)
         columns = torch.matmul(taps, u.reshape(b, c, f, h * w))  # (B, C, k², HW)
         out = F.fold(columns.reshape(b * c, -1, h * w), (h, w), self.size, padding=self.size // 2)
-        return out.reshape(b, c, h, w)
+        return from_colour(out.reshape(b, c, h, w), self.colour)
 
     def spectrum(self, grid: int) -> torch.Tensor:
         """``P_c(ω) = Σ_f w_{f,c}² |F̂_f(ω)|²`` on the ``grid × grid`` frequencies (half plane: P is even),
@@ -168,16 +175,19 @@ class FilterPrior(Prior):
         return huber(u, self.thresholds().to(u)).sum() if self.penalty == "huber" else u.abs().sum()
 
     def init_from_noise(self, noise: Sequence[float], pixels: int) -> None:
-        """``w_{f,c} = κ s_c``, ``κ = NOISE_START[penalty]``: the strength of the penalty scales with the noise
-        level, as a threshold does."""
-        start = torch.tensor([NOISE_START[self.penalty] * s for s in noise], dtype=self.log_weights.dtype)
+        """``w_{f,c} = κ s_c``, ``κ = NOISE_START[penalty]``, s_c the noise level of analysed channel c: the
+        strength of the penalty scales with the noise level, as a threshold does."""
+        levels = colour_noise(noise, self.colour)
+        start = torch.tensor([NOISE_START[self.penalty] * s for s in levels], dtype=self.log_weights.dtype)
         with torch.no_grad():
             self.log_weights.copy_(torch.log(start.clamp_min(1e-12)).to(self.log_weights).expand_as(self.log_weights))
 
     def scale_noise(self, trained: Sequence[float], given: Sequence[float]) -> tuple[tuple[float, ...], str]:
-        """``w'_{f,c} = (s'_c / s_c) w_{f,c}``: the weights scale linearly with the noise."""
+        """``w'_{f,c} = (s'_c / s_c) w_{f,c}`` (s_c of analysed channel c): the weights scale linearly with the
+        noise."""
         factors = tuple(g / t for g, t in zip(given, trained))
-        shift = torch.log(torch.tensor(factors, dtype=self.log_weights.dtype)).to(self.log_weights)
+        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
+        shift = torch.log(torch.tensor(ratios, dtype=self.log_weights.dtype)).to(self.log_weights)
         with torch.no_grad():
             self.log_weights.add_(shift[None, :])
         return factors, "the filter weights"

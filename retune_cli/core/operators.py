@@ -8,7 +8,8 @@
 * ``deblur``: channel-wise uniform blur of width ``w`` — red averaged horizontally, green vertically,
   blue along the main diagonal (the paper's §4.2) — with circular boundaries (deepinv ``BlurFFT``,
   built once per image size and kernel), so that ``A`` and ``Aᵀ`` are exact adjoints, or (``boundary``
-  ``reflect``, ``replicate``) ``A = C K P`` on the padded image (:mod:`.boundary`); a measured kernel is
+  ``reflect``, ``replicate``) ``A = C K P`` on the padded image (:mod:`.boundary`), or (``valid``) ``y = C K x``,
+  only the ``(H − h + 1)×(W − w + 1)`` pixels whose window lies inside the image; a measured kernel is
   the parameter ``kernel`` ``(1, 3, h, w)``; a stack of given kernels is drawn from per image.
 
 A new physics is one subclass of :class:`~.physics.Physics` decorated with :func:`register_physics`.
@@ -21,10 +22,10 @@ from collections.abc import Sequence
 import torch
 
 from . import custom, resolution  # noqa: F401  (register the super-resolution and user-code physics)
-from .boundary import BOUNDARIES, PaddedBlur
+from .boundary import BOUNDARIES, PaddedBlur, ValidBlur, extend, window
 from .kernels import KERNELS, as_kernel, channel_blur_kernel, draw_kernels, fft_norm, kernel_stack, pick_kernels
 from .masks import MASK_KINDS, cut_masks, draw_masks, harmonic_fill
-from .physics import PHYSICS, NormBounds, Params, Physics, UserOperator, register_physics
+from .physics import PHYSICS, NormBounds, Observation, Params, Physics, UserOperator, register_physics
 
 MASK_STREAM = 0x5DEECE66D  # decorrelates the mask's generator from the noise's (same seed)
 
@@ -135,7 +136,9 @@ class RandomInpainting(Physics):
 @register_physics
 class ChannelBlur(Physics):
     """Convolution with one kernel per channel (or per image): circular via deepinv ``BlurFFT``, or
-    ``A = C K P`` (:class:`~.boundary.PaddedBlur`) for a ``reflect`` or ``replicate`` boundary.
+    ``A = C K P`` (:class:`~.boundary.PaddedBlur`) for a ``reflect`` or ``replicate`` boundary, or ``A = C K``
+    (:class:`~.boundary.ValidBlur`) for ``valid``: ``y`` is ``(H − h + 1)×(W − w + 1)``, the pixels whose window
+    lies inside the ``H×W`` image; the unknown extends the observation by the kernel's reach.
 
     ``kernel``: ``uniform-channel`` (the paper's, width ``blur_width``, fixed), ``gaussian`` or ``motion``
     (``kernel_size``², drawn per image from the observation seed), or a tensor: one kernel, fixed, or a
@@ -185,22 +188,27 @@ class ChannelBlur(Physics):
         """:meth:`prox_data` exists in Fourier, for circular boundaries only."""
         return self.boundary == "circular"
 
-    def _op(self, x: torch.Tensor, params: Params | None):
-        """deepinv ``BlurFFT`` (circular) or a :class:`~.boundary.PaddedBlur` — the kernel's FFT — per image
-        shape, device, dtype and kernel object; the entry keeps the kernel alive, so its ``id`` is not
-        reused while cached."""
+    def _op(self, x: torch.Tensor, params: Params | None, observed: bool = False):
+        """deepinv ``BlurFFT`` (circular), a :class:`~.boundary.PaddedBlur` or a :class:`~.boundary.ValidBlur` — the
+        kernel's FFT — per image shape (``x`` an observation when ``observed``), device, dtype and kernel object;
+        the entry keeps the kernel alive, so its ``id`` is not reused while cached."""
         from deepinv.physics import BlurFFT
 
         kernel = self._kernel(params)
-        key = (id(kernel), tuple(x.shape[-3:]), x.device, x.dtype)
+        shape = (x.shape[-3], *x.shape[-2:])
+        if observed and self.boundary == "valid":
+            shape = (shape[0], shape[1] + kernel.shape[-2] - 1, shape[2] + kernel.shape[-1] - 1)
+        key = (id(kernel), shape, x.device, x.dtype)
         if key not in self._operators:
             if len(self._operators) >= 16:  # kernels come and go (drawn per step, users'): keep the cache small
                 self._operators.clear()
-            self.check_fits(x.shape, kernel)
+            self.check_fits(shape, kernel)
             if self.boundary == "circular":
-                op = BlurFFT(img_size=tuple(x.shape[-3:]), filter=kernel.to(x.device, x.dtype), device=x.device)
+                op = BlurFFT(img_size=shape, filter=kernel.to(x.device, x.dtype), device=x.device)
+            elif self.boundary == "valid":
+                op = ValidBlur(kernel, shape[1:], x)
             else:
-                op = PaddedBlur(kernel, tuple(x.shape[-2:]), self.boundary, x)
+                op = PaddedBlur(kernel, shape[1:], self.boundary, x)
             self._operators[key] = (kernel, op)
         return self._operators[key][1]
 
@@ -208,7 +216,7 @@ class ChannelBlur(Physics):
         return self._op(x, params).A(x).to(x.dtype)
 
     def A_adjoint(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor:
-        return self._op(y, params).A_adjoint(y).to(y.dtype)
+        return self._op(y, params, observed=True).A_adjoint(y).to(y.dtype)
 
     def normal(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         """Circular: ``Aᵀ A x = F⁻¹(|K̂|² F x)``, one FFT pair instead of two (deepinv ``BlurFFT.A_adjoint_A``);
@@ -218,10 +226,10 @@ class ChannelBlur(Physics):
     def norm_bounds(self, like: torch.Tensor, params: Params | None = None) -> NormBounds:
         """Circular: ``‖A‖ = max |DFT(kernel)|`` exactly (the largest over the images' kernels); otherwise a
         certified upper bound, within 2 % when 30 iterations reach it (:meth:`~.boundary.PaddedBlur.norm_bound`);
-        ``σ_min = 0``."""
+        valid: ``max|K̂|`` on the image's grid (:meth:`~.boundary.ValidBlur.norm_bound`); ``σ_min = 0``."""
         if self.boundary == "circular":
             return NormBounds(fft_norm(self._kernel(params), like.shape[-2:]).to(like.dtype), 0.0)
-        return NormBounds(self._op(like, params).norm_bound(like.shape[-3]), 0.0)
+        return NormBounds(self._op(like, params, observed=True).norm_bound(like.shape[-3]), 0.0)
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, tau: torch.Tensor, params: Params | None = None):
         """In Fourier, ``(Ẑ + τ K̂* Ŷ)/(1 + τ|K̂|²)`` (deepinv ``BlurFFT.prox_l2``); circular boundaries only."""
@@ -231,12 +239,42 @@ class ChannelBlur(Physics):
         return self._op(z, params).prox_l2(z, y, tau).to(z.dtype)
 
     def check_fits(self, shape: torch.Size, kernel: torch.Tensor | None = None) -> None:
+        """Images of ``shape`` at least the kernel's size (valid: larger, so that some pixel is observed)."""
         kh, kw = self.size if kernel is None else kernel.shape[-2:]
+        if self.boundary == "valid" and (shape[-2] <= kh or shape[-1] <= kw):
+            raise ValueError(f"the {shape[-1]}×{shape[-2]} image is not larger than the {kw}×{kh} blur kernel: a valid "
+                             f"blur observes only its pixels whose kernel window lies inside it")
         if shape[-2] < kh or shape[-1] < kw:
             raise ValueError(f"the {shape[-1]}×{shape[-2]} image is smaller than the {kw}×{kh} blur kernel")
 
     def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
-        """A measured kernel; the image must be at least its size."""
+        """A measured kernel; the image must be at least its size. Valid: ``shape`` is the observation's, and the
+        kernel's size sets how much larger the image is (:meth:`image_size`; checked with it by ``check_fits``)."""
         kernel = as_kernel(operator)
-        self.check_fits(shape, kernel)
+        if self.boundary == "valid":
+            self.size = tuple(kernel.shape[-2:])
+        else:
+            self.check_fits(shape, kernel)
         return {"kernel": kernel}
+
+    def image_size(self, y: torch.Tensor) -> tuple[int, int]:
+        """Valid: ``(H + h − 1, W + w − 1)`` for an ``H×W`` observation and the ``h×w`` kernels; else y's size."""
+        if self.boundary != "valid":
+            return tuple(y.shape[-2:])
+        return (y.shape[-2] + self.size[0] - 1, y.shape[-1] + self.size[1] - 1)
+
+    def start(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor | None:
+        """Valid: y extended by reflection onto the image's grid (:func:`~.boundary.extend`); else ``Aᵀy``."""
+        return extend(y, self._size(params)) if self.boundary == "valid" else None
+
+    def baseline(self, obs: Observation) -> torch.Tensor:
+        """Valid: y extended onto the image's grid, as :meth:`start`; else y."""
+        return self.start(obs.y, obs.params) if self.boundary == "valid" else obs.y
+
+    def observed_window(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """Valid: the window of ``x`` whose pixels the observation shows (:func:`~.boundary.window`); else ``x``."""
+        return window(x, self._size(params)) if self.boundary == "valid" else x
+
+    def _size(self, params: Params | None) -> tuple[int, int]:
+        """``(h, w)`` of the kernels: the parameter's, else the configured (or a user's) size."""
+        return tuple(params["kernel"].shape[-2:]) if params and "kernel" in params else self.size

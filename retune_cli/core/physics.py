@@ -167,6 +167,11 @@ class Physics:
         """The observation as an estimate of the image (the baseline of evaluations): ``y`` by default."""
         return obs.y
 
+    def observed_window(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """The part of an image ``x`` (``image_size``) that restore writes for a real observation: all of it by
+        default; a physics that observes less than the image (a valid blur) cuts it to the observed window."""
+        return x
+
     @property
     def exact_data_prox(self) -> bool:
         """Whether :meth:`prox_data` exists with this physics' options: whether its class implements it, by

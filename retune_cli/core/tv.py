@@ -8,6 +8,9 @@ column is 0): ``(∇x)_{c,1,i,j} = x_{c,i+1,j} − x_{c,i,j}`` (vertical), ``(�
 * ``isotropic``: ``h(p) = Σ_{c,i,j} ‖p_{c,·,i,j}‖₂`` (the two directions of a pixel form a group);
 * ``anisotropic``: ``h(p) = ‖p‖₁``.
 
+``model.colour: opponent`` takes the differences of the opponent colours ``O x`` (luminance and two colour
+differences, :mod:`.colour`) instead of R, G, B, with a weight per opponent channel.
+
 TV has no closed-form proximal operator: the prior offers the ``analysis`` capability only (``W_θ ∇``, its
 adjoint ``−div(W_θ ·)``, a bound on its norm, ``prox_{σh*}`` = the projection onto the dual unit ball), so
 it is solved by the primal–dual scheme ``model.scheme: pd``.
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour import check_colour, colour_noise, from_colour, to_colour
 from .prior import Prior, project_groups, register_prior
 
 VARIANTS = ("isotropic", "anisotropic")
@@ -56,18 +60,19 @@ class TVPrior(Prior):
     """``h(W_θ ∇x)`` (see the module docstring); ``log_weight`` of shape ``(2, C)``: direction × channel."""
 
     name = "tv"
-    options = {"tv": "isotropic", "init_lambda": 0.05}
+    options = {"tv": "isotropic", "init_lambda": 0.05, "colour": "rgb"}
 
-    def __init__(self, tv: str = "isotropic", init_lambda: float = 0.05, channels: int = 3):
+    def __init__(self, tv: str = "isotropic", init_lambda: float = 0.05, channels: int = 3, colour: str = "rgb"):
         """The paper-style start: every weight ``w_{d,c} = init_lambda``."""
         super().__init__()
+        check_colour(colour, channels)
         if tv not in VARIANTS:
             raise ValueError(f"model.tv must be one of {', '.join(VARIANTS)}, not {tv!r}")
         if not (isinstance(init_lambda, (int, float)) and math.isfinite(init_lambda) and init_lambda > 0):
             raise ValueError(f"model.init_lambda must be a positive number, not {init_lambda!r}")
         if channels < 1:
             raise ValueError(f"a TV prior needs at least one channel, not {channels}")
-        self.tv = tv
+        self.tv, self.colour = tv, colour
         self.log_weight = nn.Parameter(torch.full((2, channels), math.log(init_lambda)))
 
     @classmethod
@@ -79,13 +84,13 @@ class TVPrior(Prior):
         return torch.exp(self.log_weight).t().reshape(1, -1, 2, 1, 1)
 
     def analysis(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[W_θ ∇x]``, one band of shape ``(N, C, 2, H, W)``."""
-        return [self.weights().to(x) * gradient(x)]
+        """``[W_θ ∇(O x)]``, one band of shape ``(N, C, 2, H, W)`` (O: ``model.colour``, :mod:`.colour`)."""
+        return [self.weights().to(x) * gradient(to_colour(x, self.colour))]
 
     def analysis_adjoint(self, z: list[torch.Tensor]) -> torch.Tensor:
-        """``∇ᵀ(W_θ z) = −div(W_θ z)``."""
+        """``Oᵀ ∇ᵀ(W_θ z) = −Oᵀ div(W_θ z)``."""
         (p,) = z
-        return gradient_adjoint(self.weights().to(p) * p)
+        return from_colour(gradient_adjoint(self.weights().to(p) * p), self.colour)
 
     def analysis_norm(self) -> torch.Tensor:
         """``2 max_c √(w_{1,c}² + w_{2,c}²) ≥ ‖W_θ ∇‖``: ``‖W∇‖² = max_c ‖w_{1,c}² D_vᵀD_v + w_{2,c}² D_hᵀD_h‖``
@@ -105,8 +110,8 @@ class TVPrior(Prior):
 
     def init_from_noise(self, noise: Sequence[float], pixels: int) -> None:
         """``w_{d,c} = κ s_c`` with ``κ`` = :data:`NOISE_FACTOR` for both directions (``pixels`` is not used:
-        the best TV weight hardly depends on the image's size)."""
-        s = torch.as_tensor(noise, dtype=torch.float64)
+        the best TV weight hardly depends on the image's size); s_c of the analysed channel c."""
+        s = torch.as_tensor(colour_noise(noise, self.colour), dtype=torch.float64)
         if s.shape != self.log_weight.shape[1:] or not torch.all(torch.isfinite(s) & (s > 0)):
             raise ValueError(f"the noise start needs {self.log_weight.shape[1]} finite positive noise levels, "
                              f"not {list(noise)}")
@@ -114,12 +119,14 @@ class TVPrior(Prior):
             self.log_weight.copy_(torch.log(NOISE_FACTOR * s).expand_as(self.log_weight))
 
     def scale_noise(self, trained: Sequence[float], given: Sequence[float]) -> tuple[tuple[float, ...], str]:
-        """``w'_{d,c} = (s'_c / s_c) w_{d,c}``: the best TV weight grows linearly with the noise."""
+        """``w'_{d,c} = (s'_c / s_c) w_{d,c}`` (s_c of the analysed channel c): the best TV weight grows
+        linearly with the noise."""
         factors = tuple(g / t for g, t in zip(given, trained))
         if len(factors) != self.log_weight.shape[1] or not all(math.isfinite(f) and f > 0 for f in factors):
             raise ValueError(f"noise scaling needs {self.log_weight.shape[1]} positive factors, not {factors}")
+        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
         with torch.no_grad():
-            self.log_weight.add_(torch.log(torch.tensor(factors, dtype=self.log_weight.dtype)).to(self.log_weight))
+            self.log_weight.add_(torch.log(torch.tensor(ratios, dtype=self.log_weight.dtype)).to(self.log_weight))
         return factors, "the TV weights"
 
     def describe(self) -> dict[str, torch.Tensor]:
@@ -127,4 +134,4 @@ class TVPrior(Prior):
         return {"weight": torch.exp(self.log_weight).detach().double().cpu()}
 
     def extra_repr(self) -> str:
-        return f"tv={self.tv!r}, channels={self.log_weight.shape[1]}"
+        return f"tv={self.tv!r}, colour={self.colour!r}, channels={self.log_weight.shape[1]}"

@@ -10,6 +10,9 @@ bands × channels (θ_BC) of one position, as in the single-basis prior. The sta
 Parseval frame, ``Σ_m D_mᵀ D_m / M = I``, so ``‖L_θ‖² ≤ mean_m max θ_m²``. L_θ is not orthonormal, so
 ``prox_{τ g_θ}`` has no closed form: the prior offers the analysis capability only (``model.scheme: pd``,
 Condat–Vũ), whose dual step is ``prox_{σ h*}`` = the projection of each group onto the unit ball.
+
+``model.colour: opponent`` analyses the opponent colours ``O x`` (:mod:`.colour`) instead of R, G, B; with
+``model.weights: bands-channels`` each opponent channel gets its own weights.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .colour import check_colour, colour_noise, from_colour, to_colour
 from .prior import Prior, project_groups, register_prior
 from .priors import WaveletWeights, group_norm
 from .wavelets import Coefficients, WaveletTransform
@@ -61,13 +65,15 @@ class WaveletUnionPrior(Prior):
     """
 
     name = "wavelet-union"
-    options = {"bases": "db4,db8,sym5,coif3,haar", "levels": 4, "weights": "bands", "init_lambda": 0.05}
+    options = {"bases": "db4,db8,sym5,coif3,haar", "levels": 4, "weights": "bands", "init_lambda": 0.05,
+               "colour": "rgb"}
 
     def __init__(self, bases: str = "db4,db8,sym5,coif3,haar", levels: int = 4, weights: str = "bands",
-                 init_lambda: float = 0.05, channels: int = 3):
+                 init_lambda: float = 0.05, colour: str = "rgb", channels: int = 3):
         super().__init__()
+        check_colour(colour, channels)
         self.bases = parse_bases(bases)
-        self.weights = weights
+        self.weights, self.colour = weights, colour
         self.transforms = [WaveletTransform(b, levels) for b in self.bases]
         self.basis_weights = nn.ModuleList(
             WaveletWeights(levels, weights, channels=channels, init_lambda=init_lambda) for _ in self.bases)
@@ -92,13 +98,14 @@ class WaveletUnionPrior(Prior):
                 for w in self.basis_weights]
 
     def analysis(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``L_θ x = [θ_{m,j} d_{m,j} / √M]`` with ``d_{m,j}`` the details of level j of ``D_m x``: a flat
-        list, basis after basis, coarsest level first in each."""
+        """``L_θ x = [θ_{m,j} d_{m,j} / √M]`` with ``d_{m,j}`` the details of level j of ``D_m O x`` (O:
+        ``model.colour``, :mod:`.colour`): a flat list, basis after basis, coarsest level first in each."""
+        x = to_colour(x, self.colour)
         return [t * d for transform, theta in zip(self.transforms, self.diagonals())
                 for t, d in zip(theta, transform.analysis(x).details)]
 
     def analysis_adjoint(self, z: list[torch.Tensor]) -> torch.Tensor:
-        """``L_θᵀ z = Σ_m D_mᵀ (0, θ_m z_m / √M)``: the approximation bands zero."""
+        """``L_θᵀ z = Oᵀ Σ_m D_mᵀ (0, θ_m z_m / √M)``: the approximation bands zero."""
         out = None
         for m, (transform, theta) in enumerate(zip(self.transforms, self.diagonals())):
             bands = z[m * self.levels:(m + 1) * self.levels]
@@ -107,7 +114,7 @@ class WaveletUnionPrior(Prior):
             approx = details[0].new_zeros(*details[0].shape[:2], h, w)
             x = transform.synthesis(Coefficients(approx, details))
             out = x if out is None else out + x
-        return out
+        return from_colour(out, self.colour)
 
     def analysis_norm(self) -> torch.Tensor:
         """``√(mean_m max θ_m²) ≥ ‖L_θ‖``: ``‖L_θ x‖² = Σ_m ‖θ_m D_m^det x‖²/M ≤ Σ_m max θ_m² ‖x‖²/M`` since
@@ -128,16 +135,18 @@ class WaveletUnionPrior(Prior):
         """θ_m = ``NOISE_START`` × the universal thresholds (:meth:`~.priors.WaveletWeights.universal`) in every
         basis; the 1/√M of L_θ makes the frame's penalty comparable to one basis' (see :data:`NOISE_START`)."""
         for weights in self.basis_weights:
-            start = WaveletWeights.universal(self.levels, self.weights, noise, pixels)
+            start = WaveletWeights.universal(self.levels, self.weights, colour_noise(noise, self.colour), pixels)
             with torch.no_grad():
                 weights.log_lambda.copy_(start.log_lambda + math.log(NOISE_START / math.sqrt(len(self.bases))))
                 weights.log_Lambda.copy_(start.log_Lambda)
 
     def scale_noise(self, trained: Sequence[float], given: Sequence[float]) -> tuple[tuple[float, ...], str]:
-        """``θ'_{m,j,b,c} = (s'_c / s_c) θ_{m,j,b,c}``: thresholds scale linearly with the noise."""
+        """``θ'_{m,j,b,c} = (s'_c / s_c) θ_{m,j,b,c}`` (s_c of the analysed channel c): thresholds scale
+        linearly with the noise."""
         factors = tuple(g / t for g, t in zip(given, trained))
+        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
         device = self.basis_weights[0].log_lambda.device
-        self.channel_scale = torch.tensor(factors, device=device).reshape(1, -1, 1, 1, 1)
+        self.channel_scale = torch.tensor(ratios, device=device).reshape(1, -1, 1, 1, 1)
         return factors, "θ"
 
     def describe(self) -> dict[str, torch.Tensor]:
@@ -150,4 +159,4 @@ class WaveletUnionPrior(Prior):
         return out
 
     def extra_repr(self) -> str:
-        return f"bases={','.join(self.bases)}, levels={self.levels}, weights={self.weights!r}"
+        return f"bases={','.join(self.bases)}, levels={self.levels}, weights={self.weights!r}, colour={self.colour!r}"
