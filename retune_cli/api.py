@@ -54,14 +54,16 @@ class Restorer(nn.Module):
         """Restore ``y`` ``(3, H, W)`` or ``(N, 3, H, W)`` (moved to the module's device; the result comes
         back on ``y``'s device, in ``y``'s float dtype or float32); ``params``: the physics' operator, e.g.
         ``{"mask": m}`` (0/1, white = kept, ``(N or 1, 1, H, W)``). ``y`` passes :func:`~.values.unit_range`
-        as an observation (``uint8`` scaled, 0–255 floats refused): ``ValueError`` naming what is wrong."""
+        as an observation (``uint8`` scaled, 0–255 floats refused): ``ValueError`` naming what is wrong. The
+        result is the window the observation shows (``Physics.observed_window``: y's size for a valid blur)."""
         if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4) or y.shape[-3] != 3 or 0 in y.shape:
             raise ValueError(f"expected an image tensor (3, H, W) or (N, 3, H, W) with N, H, W ≥ 1, got "
                              f"{getattr(y, 'shape', y)}")
         params = self._checked_params(params or {}, y)
         batch = unit_range(y if y.dim() == 4 else y.unsqueeze(0), "y", observed=True, error=ValueError)
         obs = Observation(batch.to(self.device), params)
-        x = run(Model(self.checkpoint, self.scheme), obs, self.T, self.tol).x
+        solution = run(Model(self.checkpoint, self.scheme), obs, self.T, self.tol)
+        x = self.scheme.physics.observed_window(solution.x, params)
         return (x if y.dim() == 4 else x[0]).to(y.device, y.dtype if y.is_floating_point() else torch.float32)
 
     def _checked_params(self, params: Params, y: torch.Tensor) -> Params:

@@ -168,7 +168,7 @@ def _observe(model: Model, x: torch.Tensor, image: Path, seed: int | None, param
         spec = physics.user_operator
         raise InputError(f"this checkpoint's physics is {physics.name}: give --{spec.flag} FILE ({spec.meaning}), "
                          "or --simulate")
-    check_fits(model, (*x.shape[:-2], *physics.image_size(x)), image)
+    check_fits(model, (*x.shape[:-2], *physics.image_size(x, params)), image)
     return None, Observation(x, params or {})
 
 
@@ -238,7 +238,7 @@ def restore_file(
 def _written_size(model: Model, y: torch.Tensor, params: Params) -> tuple[int, int]:
     """``(H, W)`` of the image that restoring a real observation ``y`` writes."""
     physics = model.scheme.physics
-    return tuple(physics.observed_window(y.new_empty((1, 1, *physics.image_size(y))), params).shape[-2:])
+    return tuple(physics.observed_window(y.new_empty((1, 1, *physics.image_size(y, params))), params).shape[-2:])
 
 
 def _reference(model: Model, x: torch.Tensor, params: Params, reference: Path) -> torch.Tensor:

@@ -195,3 +195,16 @@ def test_restore_a_boundary_free_blur_writes_the_photo_size(tmp_path):
         scores[boundary] = float(re.search(r"PSNR (\S+) dB", result.output).group(1))
     print(scores)
     assert scores["valid"] > scores["reflect"] + 1, scores
+
+
+def test_api_restores_with_a_kernel_of_another_size_at_the_observation_size(tmp_path):
+    """The Python API on a valid checkpoint (kernel 5×5 in its config) with a 7×7 kernel: the image grid follows
+    the kernel given, and the result is y's size."""
+    import retune_cli
+
+    checkpoint = save_checkpoint(tmp_path / "theta.safetensors", "deblur-wavelet",
+                                 **{"physics.blur_width": 5, "physics.boundary": "valid"})
+    restorer = retune_cli.load(checkpoint, T=2)
+    y = torch.rand(3, 30, 26)
+    x = restorer(y, params={"kernel": torch.ones(1, 3, 7, 7) / 49})
+    assert x.shape == y.shape and bool(torch.isfinite(x).all())

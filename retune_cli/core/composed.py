@@ -74,7 +74,7 @@ class ComposedScheme(PaddedScheme):
         lipschitz, mu = self._bounds(obs)
         tau = self.step_size(obs).to(obs.y)
         aty = self.adjoint(obs.y, obs.params)
-        return ImageContext(obs.y, aty, obs.params, self.physics.image_size(obs.y), tau, lipschitz, mu,
+        return ImageContext(obs.y, aty, obs.params, self.physics.image_size(obs.y, obs.params), tau, lipschitz, mu,
                             x0=self.start(obs.y, obs.params, aty))
 
     def init(self, ctx: ImageContext):

@@ -249,19 +249,18 @@ class ChannelBlur(Physics):
 
     def operator_params(self, operator: torch.Tensor, shape: torch.Size) -> Params:
         """A measured kernel; the image must be at least its size. Valid: ``shape`` is the observation's, and the
-        kernel's size sets how much larger the image is (:meth:`image_size`; checked with it by ``check_fits``)."""
+        kernel's size sets how much larger the image is (:meth:`image_size` with these params)."""
         kernel = as_kernel(operator)
-        if self.boundary == "valid":
-            self.size = tuple(kernel.shape[-2:])
-        else:
+        if self.boundary != "valid":
             self.check_fits(shape, kernel)
         return {"kernel": kernel}
 
-    def image_size(self, y: torch.Tensor) -> tuple[int, int]:
+    def image_size(self, y: torch.Tensor, params: Params | None = None) -> tuple[int, int]:
         """Valid: ``(H + h − 1, W + w − 1)`` for an ``H×W`` observation and the ``h×w`` kernels; else y's size."""
         if self.boundary != "valid":
             return tuple(y.shape[-2:])
-        return (y.shape[-2] + self.size[0] - 1, y.shape[-1] + self.size[1] - 1)
+        h, w = self._size(params)
+        return (y.shape[-2] + h - 1, y.shape[-1] + w - 1)
 
     def start(self, y: torch.Tensor, params: Params | None = None) -> torch.Tensor | None:
         """Valid: y extended by reflection onto the image's grid (:func:`~.boundary.extend`); else ``Aᵀy``."""

@@ -135,7 +135,7 @@ class Physics:
         """``(‖A‖, σ_min lower bound)`` for the images observations shaped like ``like`` stand for: by
         power iteration over the whole batch (A is block-diagonal over the images, so this is the largest
         of their norms, per-image operators included), and 0."""
-        image = like.new_zeros((like.shape[0], like.shape[-3], *self.image_size(like)))
+        image = like.new_zeros((like.shape[0], like.shape[-3], *self.image_size(like, params)))
         return NormBounds(operator_norm(self, image, params), 0.0)
 
     def check_fits(self, shape: torch.Size) -> None:
@@ -145,8 +145,9 @@ class Physics:
         """The parameters for a user's operator (an image or an array) and images of ``shape``."""
         raise ValueError(f"physics {self.name} takes no user operator")
 
-    def image_size(self, y: torch.Tensor) -> tuple[int, int]:
-        """``(H, W)`` of the images that observations shaped like ``y`` stand for (the same by default)."""
+    def image_size(self, y: torch.Tensor, params: Params | None = None) -> tuple[int, int]:
+        """``(H, W)`` of the images that observations shaped like ``y`` (made with ``params``) stand for (the
+        same by default)."""
         return tuple(y.shape[-2:])
 
     def fit_image(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class Downsample(Physics):
         """Bicubic upsampling of y (:meth:`baseline`): far closer to the image than ``Aᵀy``."""
         return self.baseline(Observation(y, params or {}))
 
-    def image_size(self, y: torch.Tensor) -> tuple[int, int]:
+    def image_size(self, y: torch.Tensor, params: Params | None = None) -> tuple[int, int]:
         return (y.shape[-2] * self.factor, y.shape[-1] * self.factor)
 
     def fit_image(self, x: torch.Tensor) -> torch.Tensor:

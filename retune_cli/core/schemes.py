@@ -140,7 +140,7 @@ class WaveletFB(PaddedScheme):
         affine = None
         if self.physics.identity:  # u − τθ⁻¹(θ⁻¹u − b) = (1 − τθ⁻²) ⊙ u + τθ⁻¹ ⊙ b, precomputed once
             affine = (tuple(1 - t * i for t, i in zip(steps, inverse)), (steps[0] * b.approx, steps[1] * b.details))
-        size = self.physics.image_size(obs.y)
+        size = self.physics.image_size(obs.y, obs.params)
         return WaveletContext(layout, b, start, scale, inverse, steps, s.tau, s.lipschitz, s.strong_convexity, size,
                               obs.params, affine)
 
