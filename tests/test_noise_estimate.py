@@ -133,3 +133,18 @@ def test_deterministic_whatever_the_call_order_or_seed():
         torch.set_num_threads(threads)
     assert again == first
     assert estimate_noise(a.clone()) == first
+
+
+def test_high_frequency_energy_is_that_of_the_2d_dct():
+    """The separable energies equal ``Σ c_uv²`` of the explicit 2-D DCT of each patch, on a strided grid."""
+    from retune_cli.noise_estimate import _dct, high_frequency_energy
+
+    x = torch.rand(40, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    d = _dct(7)
+    energy = high_frequency_energy(x, 7, stride=2)
+    assert energy.shape == (17, 14)
+    u = torch.arange(7)
+    high = (u[:, None] + u[None]) >= 9
+    for i, j in [(0, 0), (5, 3), (16, 13)]:
+        c = d @ x[2 * i : 2 * i + 7, 2 * j : 2 * j + 7] @ d.T
+        assert torch.allclose(energy[i, j], c[high].square().sum())
