@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 BANDS = ("H", "V", "D")
-CHANNELS = ("R", "G", "B")
+CHANNELS = {"rgb": ("R", "G", "B"), "opponent": ("lum", "R−B", "M−G")}  # model.colour → the analysed channels
 GREEK = {"lambda": "λ", "Lambda": "Λ", "sigma": "σ", "tau": "τ"}
 
 
@@ -36,6 +36,7 @@ class Summary:
     theta: object  # wavelet weights (scales, bands, channels), scale 1 (finest) first: a tensor, a nested list, None
     log: list[dict]  # the run folder's log.csv rows, when it is beside the checkpoint
     denoiser_tensors: int  # denoiser weight tensors the checkpoint carries (learned denoiser)
+    channels: tuple[str, ...] = CHANNELS["rgb"]  # labels of θ's channels (model.colour)
 
 
 def _values(scheme: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -142,7 +143,8 @@ def summarize_stored(path: Path) -> Summary | None:
     progress = _progress(step, psnr, text_path(metadata.get("data", "")))
     facts = shown["facts"] | progress | _capped_fact(train, shown["equilibrium"], log)
     denoiser = sum(1 for k in header if k.startswith("denoiser.") and not k.startswith(OPTIMIZER_PREFIX))
-    return Summary(Path(path), facts, shown["values"], shown["theta"], log, denoiser)
+    channels = CHANNELS.get((config.get("model") or {}).get("colour", "rgb"), CHANNELS["rgb"])
+    return Summary(Path(path), facts, shown["values"], shown["theta"], log, denoiser, channels)
 
 
 def summarize(path: Path, trust_code: bool = False) -> Summary:
@@ -156,4 +158,6 @@ def summarize(path: Path, trust_code: bool = False) -> Summary:
     facts = _facts(c) | _progress(ck.step, ck.train_psnr, ck.data) | _capped_fact(
         c.train, GRADIENT_MODES[c.train.gradient].equilibrium, log)
     denoiser = sum(1 for k in ck.parameters if k.startswith("denoiser."))
-    return Summary(Path(path), facts, _values(model.scheme), wavelet_theta(model.scheme), log, denoiser)
+    colour = getattr(model.scheme.theta, "colour", "rgb")
+    return Summary(Path(path), facts, _values(model.scheme), wavelet_theta(model.scheme), log, denoiser,
+                   CHANNELS.get(colour, CHANNELS["rgb"]))

@@ -120,3 +120,17 @@ def test_bad_colour_is_refused_naming_the_key():
 def test_cli_refuses_a_bad_prior_option_in_one_line(preset, option, image_folder, tmp_path):
     refused_training(image_folder, tmp_path / "run", "--preset", preset, "--set", option,
                      fragments=(option.split("=")[0],))
+
+
+def test_show_labels_the_opponent_channels(tmp_path):
+    """``retune show`` (the torch-free path and the engine's) names θ's channels after model.colour."""
+    from reliability import invoke, ok, save_checkpoint
+
+    from retune_cli.summary import summarize
+
+    path = save_checkpoint(tmp_path / "theta.safetensors", "denoise-tv", **{"model.colour": "opponent"})
+    output = ok(invoke("show", path)).output
+    assert "lum:" in output and "R−B:" in output and "R:" not in output
+    assert summarize(path).channels == ("lum", "R−B", "M−G")
+    rgb = save_checkpoint(tmp_path / "rgb.safetensors", "denoise-tv")
+    assert "R:" in ok(invoke("show", rgb)).output and summarize(rgb).channels == ("R", "G", "B")

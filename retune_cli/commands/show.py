@@ -41,27 +41,26 @@ def show(
             console.print(f"θ and PSNR curves → {plot}", highlight=False)
 
 
-def _numbers(values) -> str:
+def _numbers(values, channels: tuple[str, ...]) -> str:
     """``a, b, c``; a band × channel table ``(3, C)`` (a tensor or nested lists) per channel:
-    ``R: a, b, c · G: …``."""
-    from ..summary import CHANNELS
-
+    ``R: a, b, c · G: …`` (``channels``: the labels)."""
     values = values.tolist() if hasattr(values, "tolist") else values
     if values and isinstance(values[0], list):
-        return " · ".join(f"{CHANNELS[c]}: {_numbers([row[c] for row in values])}" for c in range(len(values[0])))
+        return " · ".join(f"{channels[c]}: {_numbers([row[c] for row in values], channels)}"
+                          for c in range(len(values[0])))
     return ", ".join(f"{v:.4g}" for v in values)
 
 
 def _render(summary) -> None:
     from rich.table import Table
 
-    from ..summary import BANDS, CHANNELS
+    from ..summary import BANDS
 
     facts = Table.grid(padding=(0, 2))
     for key, value in [("checkpoint", str(summary.path)), *summary.facts.items()]:
         facts.add_row(f"[bold]{key}[/]", value)
     for name, values in summary.values.items():
-        facts.add_row(f"[bold]{name}[/]", _numbers(values))
+        facts.add_row(f"[bold]{name}[/]", _numbers(values, summary.channels))
     if summary.denoiser_tensors:
         facts.add_row("[bold]denoiser[/]", f"learned weights ({summary.denoiser_tensors} tensors)")
     console.print(facts, highlight=False)
@@ -74,7 +73,8 @@ def _render(summary) -> None:
         table.add_column(name, justify="right", no_wrap=True)
     for j, row in enumerate(theta):
         for c in range(len(row[0])):
-            table.add_row(str(j + 1), *((CHANNELS[c],) if per_channel else ()), *[f"{row[b][c]:.4g}" for b in range(3)])
+            label = (summary.channels[c],) if per_channel else ()
+            table.add_row(str(j + 1), *label, *[f"{row[b][c]:.4g}" for b in range(3)])
     console.print(table)
 
 
@@ -105,9 +105,8 @@ def _figure_data(summary) -> tuple[dict, dict]:
 def _plot(summary, parameters: dict, curves: dict, path: Path) -> None:
     """θ heat maps (wavelets) or σ, τ against the steps (PnP), beside the PSNR curves."""
     from ..plots import plot_parameters, plot_theta
-    from ..summary import CHANNELS
 
     if summary.theta is not None:
-        plot_theta(path, summary.theta, curves, CHANNELS)
+        plot_theta(path, summary.theta, curves, summary.channels)
     else:
         plot_parameters(path, parameters, curves)
