@@ -45,7 +45,8 @@ from retune_cli.config import resolve, with_overrides
 from retune_cli.evaluate import evaluate
 
 TASKS = {
-    "denoise σ=0.08": (["denoise-wavelet-bc", "denoise-tv", "denoise-wavelet-union", "denoise-filters"],
+    "denoise σ=0.08": (["denoise-wavelet-bc", "denoise-tv", "denoise-tv+opponent", "denoise-wavelet-union",
+                        "denoise-filters"],
                        {"physics.sigma": [0.08]}),
     "inpaint": (["inpaint-wavelet", "inpaint-tv", "inpaint-wavelet-union"], {}),
     "deblur": (["deblur-wavelet", "deblur-tv", "deblur-filters"], {}),
@@ -115,7 +116,7 @@ def plot(path: Path, table: list[dict]) -> None:
         ax.bar([i + 0.2 for i in x], [r["learned_psnr"] for r in rows], 0.4, label="learned (ReTune)")
         low = min(min(r["hand_tuned_psnr"], r["learned_psnr"]) for r in rows)
         ax.set_ylim(low - 2, None)
-        ax.set_xticks(list(x), [r["preset"].split("-", 1)[1] for r in rows], rotation=20)
+        ax.set_xticks(list(x), [r["preset"].split("-", 1)[1] for r in rows], rotation=30, ha="right")
         ax.set_title(f"{task} (observation {rows[0]['observation_psnr']:.1f} dB)")
         ax.set_ylabel("held-out PSNR (dB)")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))
