@@ -57,7 +57,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="retune-ready-"))
     train_dir, heldout, names = heldout_setup(work, 128)
     catalog = yaml.safe_load(CATALOG.read_text()) if CATALOG.is_file() else {}
-    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    results = json.loads(args.json.read_text())["models"] if args.json.is_file() else {}
     for name in args.only.split(","):
         preset, overrides, steps, use = MODELS[name]
         config = resolve(preset, overrides | {"train.steps": steps})
