@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .models import CHANNELS, per_channel
+from .models import CHANNELS, QUANTIZATION_NOISE, per_channel
 
 if TYPE_CHECKING:
     import torch
@@ -62,18 +62,17 @@ def check_sigma(values: float | Sequence[float], flag: str = "sigma") -> tuple[f
 
 def estimated_sigma(y: torch.Tensor, known: torch.Tensor | None, what: str) -> tuple[float, ...]:
     """The noise level of an observation ``y (C, H, W)`` per channel, estimated on its ``known`` pixels
-    ``(1, H, W)`` (all when None) by :func:`~.noise_estimate.estimate_noise`; refused naming ``what``
-    when it cannot be estimated (too small) or is 0 (a noise-free image: nothing to scale)."""
+    ``(1, H, W)`` (all when None) by :func:`~.noise_estimate.estimate_noise`, within
+    ``[QUANTIZATION_NOISE, 1]``: an image stored in 8 bits carries at least its rounding noise
+    ``1/(255√12)`` (a clean photo reads about 0, and thresholds scaled to 0 would leave no prior);
+    refused naming ``what`` when it cannot be estimated (too small)."""
     from .noise_estimate import estimate_noise
 
     try:
         sigma = estimate_noise(y.detach().cpu(), None if known is None else known.detach().cpu())
     except ValueError as e:
         raise InputError(f"{what}: {e}") from None
-    if not all(s > 0 for s in sigma):
-        raise InputError(f"{what}: the estimated noise level is 0 on some channel ({_numbers(sigma)}); "
-                         "give --sigma S")
-    return tuple(min(s, 1.0) for s in sigma)
+    return tuple(min(max(s, QUANTIZATION_NOISE), 1.0) for s in sigma)
 
 
 def _numbers(values: Sequence[float]) -> str:

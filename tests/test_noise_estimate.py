@@ -66,6 +66,18 @@ def test_noise_free_smooth_image_gives_a_small_level():
     assert all(s < 0.005 for s in sigma), sigma
 
 
+def test_auto_sigma_of_a_clean_image_is_the_quantization_floor():
+    """``--sigma auto`` never scales θ to (almost) 0: a flat or clean image reads at least the 8-bit rounding
+    noise 1/(255√12) per channel (an estimate of 5e-31 once scaled θ by 1e-29 into non-finite restorations)."""
+    from retune_cli.models import QUANTIZATION_NOISE
+    from retune_cli.noise_level import estimated_sigma
+
+    flat = torch.full((3, 64, 64), 0.5)
+    assert estimated_sigma(flat, None, "flat.png") == pytest.approx((QUANTIZATION_NOISE,) * 3)
+    noisy = estimated_sigma(_noisy(_sample("astronaut"), 0.05), None, "noisy.png")
+    assert noisy == estimate_noise(_noisy(_sample("astronaut"), 0.05))  # above the floor: unchanged
+
+
 def test_grayscale_image_gives_one_level():
     gray = _sample("chelsea").mean(dim=0, keepdim=True)
     sigma = estimate_noise(_noisy(gray, 0.05))
