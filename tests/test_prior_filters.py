@@ -209,7 +209,7 @@ def test_forward_backward_is_refused_naming_both_keys():
 # --------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [*PRESETS, "inpaint-filters"])
 def test_cli_trains_one_step_and_restores(preset, image_folder, tmp_path):
     out = tmp_path / "run"
     flags = ["--steps", "1", "--crop", "32", "--batch-size", "1", "--K", "2", "--T", "2", "--device", "cpu"]
