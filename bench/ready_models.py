@@ -2,7 +2,7 @@
 
 Each is a preset (with the overrides below) trained with ReTune on public photographs — the first 60
 images of CBSD68 (Berkeley Segmentation Dataset, colour test set; the last 8 are held out) — for the
-steps below, batch 4, crop 128, seed 0, CPU. The held-out PSNR is
+steps below, batch 4, the preset's crop (128, or 96 for ``inpaint-filters``), seed 0, CPU. The held-out PSNR is
 :func:`retune_cli.evaluate.evaluate` on 128² center crops of the 8 held-out images, degraded as the
 training degrades them (seed 0). Writes
 ``retune_cli/ready/<name>.safetensors`` (θ: kilobytes), ``retune_cli/ready/catalog.yaml`` (what
@@ -33,13 +33,15 @@ MODELS = {  # name: (preset, overrides, steps, what it restores and how to use i
                 "default with --model) or --sigma S"),
     "inpaint": ("inpaint-tv", {}, 100, "missing pixels: --mask FILE (white = known; --invert-mask for white = "
                 "holes)"),
+    "scratches": ("inpaint-filters", {}, 120, "holes several pixels wide (brush strokes, scratches, text): --mask "
+                  "FILE (white = known; --invert-mask for white = holes); about 10× slower than inpaint"),
     "deblur": ("deblur-tv", OPPONENT, 100, "a known blur: --kernel FILE.npy (the blur of your camera or tool)"),
     "sr4": ("sr4-wavelet", SR4, 60, "×4 super-resolution of a small photo (downscaled as PIL and torchvision "
             "resize do): the result is 4× larger"),
     "sr2": ("sr2-wavelet", {}, 60, "×2 super-resolution of a small photo (downscaled as PIL and torchvision "
             "resize do): the result is 2× larger"),
 }
-TRAINED_ON = "CBSD68 images 1–60 (public BSD photographs), 128² crops"
+TRAINED_ON = "CBSD68 images 1–60 (public BSD photographs), {crop}² crops"
 
 
 def _described(preset: str, overrides: dict) -> str:
@@ -66,7 +68,7 @@ def main() -> None:
         learned, observation = scores(result, result.labels[0]), scores(result, "observation")
         shutil.copyfile(work / name / "theta.safetensors", READY / f"{name}.safetensors")
         catalog[name] = {"file": f"{name}.safetensors", "preset": _described(preset, overrides), "restores": use,
-                         "trained_on": f"{TRAINED_ON}, {steps} steps",
+                         "trained_on": f"{TRAINED_ON.format(crop=config.train.crop)}, {steps} steps",
                          "heldout": f"{learned['psnr']:.2f} dB (observation {observation['psnr']:.2f} dB), "
                                     "CBSD68 images 61–68"}
         results[name] = {"preset": preset, "overrides": overrides, "steps": steps, "train_seconds": seconds,
