@@ -9,10 +9,15 @@ they exchange and the registries (``register_*``), in one public namespace.
         options = {"strength": 1.0}        # model.strength, with its default (and type)
         def prox(self, x, tau): ...
 
+An analysis prior of a plugin takes ``model.colour`` as the built-in ones do: declare ``"colour": "rgb"`` in
+its options, call :func:`check_colour` when built, analyse ``to_colour(x, colour)`` and return
+``from_colour(·, colour)`` from its adjoint; :func:`colour_noise` gives the noise of each analysed channel.
+
 A plugin module is listed in a config (``plugins: [my_prior.py]``, run with ``--trust-code``) or installed
 with an entry point in the group ``retune.plugins``; :mod:`retune_cli.testing` checks its mathematics.
 """
 
+from .core.colour import check_colour, colour_noise, from_colour, to_colour
 from .core.composed import ComposedScheme, ImageContext
 from .core.hypergrad import Solution, SolveOptions, register_gradient
 from .core.physics import (
@@ -32,7 +37,7 @@ from .core.schemes import STEP_RULES, contraction_factor
 
 __all__ = [
     "STEP_RULES", "ComposedScheme", "ImageContext", "NormBounds", "Observation", "PaddedScheme", "Params", "Physics",
-    "Prior", "Scheme", "Solution", "SolveOptions", "UserOperator", "as_observation", "contraction_factor",
-    "operator_norm", "project_groups", "register_gradient", "register_physics", "register_prior", "register_pytree",
-    "register_scheme",
+    "Prior", "Scheme", "Solution", "SolveOptions", "UserOperator", "as_observation", "check_colour", "colour_noise",
+    "contraction_factor", "from_colour", "operator_norm", "project_groups", "register_gradient", "register_physics",
+    "register_prior", "register_pytree", "register_scheme", "to_colour",
 ]
