@@ -15,7 +15,7 @@ clipped and quantized to 8-bit PNGs as a user's files arrive, then restored thro
   baseline: the blurred photo itself;
 * ``inpaint strokes`` / ``inpaint text``: 6–10 px brush strokes or large text drawn white on black with
   Pillow (a mask as drawing tools make it, white = hole), the holes black in the photo; the ``inpaint``
-  model with ``--invert-mask --sigma auto --tol 1e-3`` (holes of 10 px need more restarts than random
+  and ``scratches`` models with ``--invert-mask --sigma auto --tol 1e-3`` (holes of 10 px need more restarts than random
   pixels); baseline: the harmonic fill (Laplace equation on the holes,
   the known pixels as boundary values, Jacobi to convergence);
 * ``sr ×2`` / ``sr ×4``: the photo downscaled by Pillow's bicubic resize; the ``sr2``/``sr4`` models with
@@ -176,11 +176,13 @@ def deblur_rows(clean: dict[str, np.ndarray], crops: Path, work: Path) -> dict:
 
 
 def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_path: Path | None = None) -> dict:
-    """The inpainting rows with the ready ``inpaint`` model, or the checkpoint ``model_path``."""
-    model = load_model(model_path or ready_model("inpaint").path)
+    """The inpainting rows with the ready ``inpaint`` and ``scratches`` models, or the checkpoint ``model_path``
+    (column ``retune``)."""
+    paths = {"retune": model_path} if model_path else {m: ready_model(m).path for m in ("inpaint", "scratches")}
+    models = {column: load_model(path) for column, path in paths.items()}
     rows = {}
     for kind in ("strokes", "text"):
-        runs = {"observation": [], "harmonic fill": [], "retune": [], "seconds": []}
+        runs = {"observation": [], "harmonic fill": [], **{c: [] for c in models}, "seconds": []}
         for i, (name, x) in enumerate(clean.items()):
             holes = hole_mask(kind, x.shape[0], i)
             Image.fromarray((holes * 255).astype(np.uint8)).save(work / "holes.png")
@@ -190,9 +192,10 @@ def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_pa
             stored = read_image(path).numpy().transpose(1, 2, 0)
             runs["observation"].append(psnr(stored, x))
             runs["harmonic fill"].append(psnr(np.round(harmonic_fill(stored, holes) * 255) / 255, x))
-            r = restore(model, path, work / "i.png", crops / name, operators={"mask": work / "holes.png"},
-                        invert_mask=True, sigma="auto", tol=1e-3)
-            runs["retune"].append(r["psnr"])
+            for column, model in models.items():
+                r = restore(model, path, work / "i.png", crops / name, operators={"mask": work / "holes.png"},
+                            invert_mask=True, sigma="auto", tol=1e-3)
+                runs[column].append(r["psnr"])
             runs["seconds"].append(r["seconds"])
         rows[f"inpaint {kind}"] = _summary(runs)
         print(f"inpaint {kind}: {rows[f'inpaint {kind}']}", flush=True)

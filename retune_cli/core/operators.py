@@ -275,5 +275,5 @@ class ChannelBlur(Physics):
         return window(x, self._size(params)) if self.boundary == "valid" else x
 
     def _size(self, params: Params | None) -> tuple[int, int]:
-        """``(h, w)`` of the kernels: the parameter's, else the configured (or a user's) size."""
+        """``(h, w)`` of the kernels: the parameter's, else the configured size."""
         return tuple(params["kernel"].shape[-2:]) if params and "kernel" in params else self.size
