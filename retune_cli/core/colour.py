@@ -53,3 +53,9 @@ def colour_noise(noise: Sequence[float], colour: str) -> tuple[float, ...]:
         return tuple(noise)
     levels = list(noise) * 3 if len(noise) == 1 else list(noise)
     return tuple(math.sqrt(sum(o * o * s * s for o, s in zip(row, levels))) for row in OPPONENT)
+
+
+def colour_ratios(trained: Sequence[float], given: Sequence[float], colour: str) -> list[float]:
+    """``s'_k / s_k`` per analysed channel k: how ``--sigma`` scales a weight of channel k (:func:`colour_noise`
+    of both levels)."""
+    return [g / t for g, t in zip(colour_noise(given, colour), colour_noise(trained, colour))]

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .colour import check_colour, colour_noise, from_colour, to_colour
+from .colour import check_colour, colour_noise, colour_ratios, from_colour, to_colour
 from .prior import Prior, register_prior
 
 PENALTIES = ("l1", "huber")
@@ -186,7 +186,7 @@ class FilterPrior(Prior):
         """``w'_{f,c} = (s'_c / s_c) w_{f,c}`` (s_c of analysed channel c): the weights scale linearly with the
         noise."""
         factors = tuple(g / t for g, t in zip(given, trained))
-        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
+        ratios = colour_ratios(trained, given, self.colour)
         shift = torch.log(torch.tensor(ratios, dtype=self.log_weights.dtype)).to(self.log_weights)
         with torch.no_grad():
             self.log_weights.add_(shift[None, :])

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .colour import check_colour, colour_noise, from_colour, to_colour
+from .colour import check_colour, colour_noise, colour_ratios, from_colour, to_colour
 from .prior import Prior, project_groups, register_prior
 
 VARIANTS = ("isotropic", "anisotropic")
@@ -124,7 +124,7 @@ class TVPrior(Prior):
         factors = tuple(g / t for g, t in zip(given, trained))
         if len(factors) != self.log_weight.shape[1] or not all(math.isfinite(f) and f > 0 for f in factors):
             raise ValueError(f"noise scaling needs {self.log_weight.shape[1]} positive factors, not {factors}")
-        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
+        ratios = colour_ratios(trained, given, self.colour)
         with torch.no_grad():
             self.log_weight.add_(torch.log(torch.tensor(ratios, dtype=self.log_weight.dtype)).to(self.log_weight))
         return factors, "the TV weights"

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .colour import check_colour, colour_noise, from_colour, to_colour
+from .colour import check_colour, colour_noise, colour_ratios, from_colour, to_colour
 from .prior import Prior, project_groups, register_prior
 from .priors import WaveletWeights, group_norm
 from .wavelets import Coefficients, WaveletTransform
@@ -144,7 +144,7 @@ class WaveletUnionPrior(Prior):
         """``θ'_{m,j,b,c} = (s'_c / s_c) θ_{m,j,b,c}`` (s_c of the analysed channel c): thresholds scale
         linearly with the noise."""
         factors = tuple(g / t for g, t in zip(given, trained))
-        ratios = [g / t for g, t in zip(colour_noise(given, self.colour), colour_noise(trained, self.colour))]
+        ratios = colour_ratios(trained, given, self.colour)
         device = self.basis_weights[0].log_lambda.device
         self.channel_scale = torch.tensor(ratios, device=device).reshape(1, -1, 1, 1, 1)
         return factors, "θ"
