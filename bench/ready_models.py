@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
 from experiment_common import heldout_setup, scores, train_run
 
 from retune_cli.config import resolve
@@ -51,6 +52,14 @@ def _described(preset: str, overrides: dict) -> str:
     return f"{preset} with {changes}" if changes else preset
 
 
+def publish(source: Path, target: Path, trained_on: str) -> None:
+    """Ship a run's checkpoint: its ``data`` metadata (the temporary training folder) replaced by what it was
+    trained on, which ``retune show`` prints."""
+    with safe_open(str(source), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(tensors, str(target), metadata=metadata | {"data": trained_on})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(MODELS))
@@ -67,9 +76,10 @@ def main() -> None:
         seconds, _, _ = train_run(config, work / name, train_dir)
         result = evaluate([work / name / "theta.safetensors"], data=heldout, seed=0)
         learned, observation = scores(result, result.labels[0]), scores(result, "observation")
-        shutil.copyfile(work / name / "theta.safetensors", READY / f"{name}.safetensors")
+        trained_on = f"{TRAINED_ON.format(crop=config.train.crop)}, {steps} steps"
+        publish(work / name / "theta.safetensors", READY / f"{name}.safetensors", trained_on)
         catalog[name] = {"file": f"{name}.safetensors", "preset": _described(preset, overrides), "restores": use,
-                         "trained_on": f"{TRAINED_ON.format(crop=config.train.crop)}, {steps} steps",
+                         "trained_on": trained_on,
                          "heldout": f"{learned['psnr']:.2f} dB (observation {observation['psnr']:.2f} dB), "
                                     "CBSD68 images 61–68"}
         results[name] = {"preset": preset, "overrides": overrides, "steps": steps, "train_seconds": seconds,

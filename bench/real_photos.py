@@ -182,7 +182,8 @@ def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_pa
     models = {column: load_model(path) for column, path in paths.items()}
     rows = {}
     for kind in ("strokes", "text"):
-        runs = {"observation": [], "harmonic fill": [], **{c: [] for c in models}, "seconds": []}
+        runs = {"observation": [], "harmonic fill": [], **{c: [] for c in models},
+                **{f"{c} seconds": [] for c in models}}
         for i, (name, x) in enumerate(clean.items()):
             holes = hole_mask(kind, x.shape[0], i)
             Image.fromarray((holes * 255).astype(np.uint8)).save(work / "holes.png")
@@ -196,7 +197,7 @@ def inpaint_rows(clean: dict[str, np.ndarray], crops: Path, work: Path, model_pa
                 r = restore(model, path, work / "i.png", crops / name, operators={"mask": work / "holes.png"},
                             invert_mask=True, sigma="auto", tol=1e-3)
                 runs[column].append(r["psnr"])
-            runs["seconds"].append(r["seconds"])
+                runs[f"{column} seconds"].append(r["seconds"])
         rows[f"inpaint {kind}"] = _summary(runs)
         print(f"inpaint {kind}: {rows[f'inpaint {kind}']}", flush=True)
     return rows
