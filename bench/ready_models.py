@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from experiment_common import heldout_setup, scores, train_run
 from safetensors import safe_open
 from safetensors.torch import save_file
-from experiment_common import heldout_setup, scores, train_run
 
 from retune_cli.config import resolve
 from retune_cli.evaluate import evaluate

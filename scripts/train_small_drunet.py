@@ -6,7 +6,7 @@ sample photographs (public domain / CC0, retune_cli/samples/LICENSES.md), for Ga
 σ drawn uniformly in [0, 0.2] per image, L1 loss, Adam. Deterministic given --seed. Writes a
 safetensors file whose metadata records all of this.
 
-    python scripts/train_small_drunet.py --steps 4000 --out retune_cli/weights/drunet_small.safetensors
+    python scripts/train_small_drunet.py --steps 8000 --out retune_cli/weights/drunet_small.safetensors
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def batch(images: ImageFolder, size: int, crop: int, g: torch.Generator) -> torc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
