@@ -49,7 +49,7 @@ TASKS = {
                         "denoise-filters"],
                        {"physics.sigma": [0.08]}),
     "inpaint": (["inpaint-wavelet", "inpaint-tv", "inpaint-wavelet-union"], {}),
-    "deblur": (["deblur-wavelet", "deblur-tv", "deblur-tv+opponent", "deblur-filters", "deblur-filters+opponent"], {}),
+    "deblur": (["deblur-wavelet", "deblur-tv", "deblur-tv+opponent", "deblur-filters+rgb", "deblur-filters"], {}),
 }
 VARIANTS = {"opponent": {"model.colour": "opponent"}, "rgb": {"model.colour": "rgb"}}  # label "preset+variant"
 GRID = [0.001 * 2**i for i in range(11)]  # 0.001 … 1.024, a factor 2 apart; the best is refined by √2
